@@ -1,0 +1,43 @@
+"""Baseline backbones as genomes: Transformer++, StripedMamba and an LFM2-like hybrid.
+
+STAR_SPEC section 5 fixes their layouts.
+"""
+from __future__ import annotations
+
+from .genome import Genome
+
+SA1, SA3, REC1, GCONV1, SWIGLU = 1, 3, 5, 7, 9
+
+
+def _plain(ids) -> Genome:
+    return Genome([[c, 1, 1, 1, 1] for c in ids])
+
+
+def transformer_pp(n_liv: int = 24) -> Genome:
+    """Transformer++: SA-1 and SwiGLU alternating (n_liv must be even)."""
+    if n_liv < 2 or n_liv % 2:
+        raise ValueError(f"transformer_pp needs an even n_liv >= 2, got {n_liv}")
+    return _plain([SA1, SWIGLU] * (n_liv // 2))
+
+
+def striped_mamba(n_liv: int = 24, attention_every: int = 4) -> Genome:
+    """StripedMamba: mixers striped, one attention mixer in `attention_every` (the rest Rec-1),
+    each mixer followed by SwiGLU. The attention mixers are the last of each stripe."""
+    if n_liv < 2 or n_liv % 2:
+        raise ValueError(f"striped_mamba needs an even n_liv >= 2, got {n_liv}")
+    mixers = [SA1 if (m % attention_every) == attention_every - 1 else REC1 for m in range(n_liv // 2)]
+    return _plain([x for m in mixers for x in (m, SWIGLU)])
+
+
+LFM2_ATTENTION_MIXERS = (2, 5, 8, 10, 12, 14)
+
+
+def lfm2_like(n_mixers: int = 16) -> Genome:
+    """LFM2-like: 16 mixers, each followed by SwiGLU; grouped-query attention (SA-3) at mixer
+    positions 2, 5, 8, 10, 12, 14 (from 0) and the gated short conv GConv-1 elsewhere.
+    Other lengths scale those positions proportionally."""
+    if n_mixers < 1:
+        raise ValueError(f"lfm2_like needs n_mixers >= 1, got {n_mixers}")
+    attn = {round(p * n_mixers / 16) for p in LFM2_ATTENTION_MIXERS} if n_mixers != 16 else set(LFM2_ATTENTION_MIXERS)
+    mixers = [SA3 if m in attn else GCONV1 for m in range(n_mixers)]
+    return _plain([x for m in mixers for x in (m, SWIGLU)])

@@ -1,2 +1,20 @@
-"""star_jax: STAR (Synthesis of Tailored Architectures) in JAX."""
+"""star_jax: STAR (Synthesis of Tailored Architectures) in JAX.
+
+Evolve sequence-model backbones over linear input-varying operators: genomes, a compiler to
+Flax models, MAD tasks, single-candidate and vectorised population training, NSGA-II.
+"""
 __version__ = "0.1.0"
+
+from star_jax.genome import (
+    Genome, GenomeError, Segment, OperatorGenome, FeaturizerGenome, FeatureGroup, LIVClass,
+    register_liv_class, liv_classes, get_liv_class, random_genome, mutate, crossover, baselines,
+)
+from star_jax.model import ModelConfig, ConfigError, build_model, StarModel, compile_genome, generate
+from star_jax.metrics import param_count, cache_bytes, cache_elems
+
+__all__ = [
+    "Genome", "GenomeError", "Segment", "OperatorGenome", "FeaturizerGenome", "FeatureGroup", "LIVClass",
+    "register_liv_class", "liv_classes", "get_liv_class", "random_genome", "mutate", "crossover", "baselines",
+    "ModelConfig", "ConfigError", "build_model", "StarModel", "compile_genome", "generate",
+    "param_count", "cache_bytes", "cache_elems",
+]

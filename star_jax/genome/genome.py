@@ -73,8 +73,11 @@ def _buckets(segments: Sequence[tuple[int, ...]], group_pos: int, strat_pos: int
     return out
 
 
-def _fs_key(seg) -> int:
-    return get_liv_class(seg[0]).operator.featurizer
+def _fs_key(seg) -> tuple[int, int]:
+    # Same featurizer genome and the same channel-mixing structure (e.g. head layout), so the
+    # featurizer weights have one meaning for every member.
+    op = get_liv_class(seg[0]).operator
+    return (op.featurizer, op.channel_mixing)
 
 
 def _fgs_key(seg) -> int | None:

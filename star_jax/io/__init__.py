@@ -1,0 +1,22 @@
+"""Run state on disk: orbax checkpoints, run directories, metric logs and JSON helpers.
+
+The only package that imports orbax, so checkpoint-format churn stays behind these names.
+"""
+from star_jax.io.checkpoint import CheckpointError, CheckpointManager, CheckpointWarning
+from star_jax.io.jsonutil import RunStateWarning, config_hash, to_jsonable, write_json_atomic
+from star_jax.io.logs import MetricLogger
+from star_jax.io.rundir import RunConfigMismatch, RunDir, RunDirError
+
+__all__ = [
+    "CheckpointError",
+    "CheckpointManager",
+    "CheckpointWarning",
+    "MetricLogger",
+    "RunConfigMismatch",
+    "RunDir",
+    "RunDirError",
+    "RunStateWarning",
+    "config_hash",
+    "to_jsonable",
+    "write_json_atomic",
+]

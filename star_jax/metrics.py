@@ -1,0 +1,63 @@
+"""Analytic size metrics of a genome under a config: unique parameters and inference-cache bytes.
+
+Computed from the compiled program and each op's own formulas (no model is built); the tests
+prove them equal to the real parameter pytree and decode state.
+"""
+from __future__ import annotations
+
+from star_jax.genome import Genome
+from star_jax.model.config import ModelConfig
+from star_jax.model.program import Program, compile_genome
+
+
+def _program(genome: Genome | str | Program, cfg: ModelConfig | None) -> Program:
+    if isinstance(genome, Program):
+        return genome
+    if isinstance(genome, str):
+        genome = Genome.from_string(genome)
+    if cfg is None:
+        raise TypeError("cfg (a ModelConfig) is required")
+    return compile_genome(genome, cfg)
+
+
+def param_count(genome: Genome | str | Program, cfg: ModelConfig | None = None) -> int:
+    """Unique trainable parameters: embedding, per-LIV norm and mixer, each featurizer once
+    (with the union of groups its users compute), final norm, LM head."""
+    prog = _program(genome, cfg)
+    c = prog.cfg
+    total = c.vocab_size * c.width + c.width + c.width * c.vocab_size  # embed, final norm, head
+    for s in prog.slots:
+        total += c.width + s.mixer.param_count()
+    for o in prog.featurizer_owners:
+        total += prog.slots[o].featurizer.param_count(groups=prog.owner_groups(o))
+    return int(total)
+
+
+def cache_elems(genome: Genome | str | Program, cfg: ModelConfig | None = None, seq_len: int = 4096) -> int:
+    """Elements of the per-sequence decode state after `seq_len` tokens (batch 1)."""
+    prog = _program(genome, cfg)
+    total = 0
+    for s in prog.slots:
+        total += s.featurizer.state_elems(groups=s.compute_groups)
+        if not s.readonly_cache:
+            total += s.mixer.state_elems(seq_len)
+    return int(total)
+
+
+def cache_bytes(genome: Genome | str | Program, cfg: ModelConfig | None = None, seq_len: int = 4096,
+                bytes_per_elem: int = 2) -> int:
+    """Bytes of the per-sequence inference state at `seq_len` (default 16-bit elements)."""
+    return cache_elems(genome, cfg, seq_len) * int(bytes_per_elem)
+
+
+def liv_breakdown(genome: Genome | str, cfg: ModelConfig, seq_len: int = 4096, bytes_per_elem: int = 2) -> list[dict]:
+    """Per-LIV parameters (featurizer counted at its owner) and cache bytes, for reports."""
+    prog = _program(genome, cfg)
+    rows = []
+    for s in prog.slots:
+        p = cfg.width + s.mixer.param_count()
+        if s.featurizer_owner == s.index:
+            p += s.featurizer.param_count(groups=prog.owner_groups(s.index))
+        cb = s.featurizer.state_elems(groups=s.compute_groups) + (0 if s.readonly_cache else s.mixer.state_elems(seq_len))
+        rows.append({"index": s.index, "class": s.name, "params": int(p), "cache_bytes": int(cb * bytes_per_elem)})
+    return rows

@@ -1,0 +1,178 @@
+"""Genome -> program of slots: which featurizer and mixer each LIV runs, with what settings,
+whose featurizer weights it uses and whose computed features it reads.
+
+The program is static, hashable data; the Flax model, the metrics and the population engine all
+consume it, so they agree by construction.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Callable
+
+import flax.linen as nn
+
+from star_jax.genome import Genome, LIVClass
+from star_jax.genome.classes import NONLINEARITY
+from .config import ModelConfig, ConfigError
+
+ACTIVATIONS = {1: "none", 3: "relu", 4: "swish"}
+ATTENTION_KINDS = {1: "linear", 2: "softmax", 3: "relu"}
+
+
+@dataclasses.dataclass(frozen=True)
+class SlotSpec:
+    """One LIV of a compiled backbone.
+
+    Attributes:
+      index: position in the backbone.
+      liv_class: the class id; name: its name.
+      featurizer: the (unbound) featurizer module whose weights this LIV uses; equal to the
+        owner's.
+      mixer: the (unbound) mixer module.
+      featurizer_owner: index of the LIV that owns those featurizer weights.
+      feature_source: index of the leader whose shareable features are reused, or None.
+      shared_groups: feature groups taken from the leader.
+      compute_groups: feature groups this LIV computes with the featurizer.
+      readonly_cache: the mixer reads the leader's decode cache and owns none (shared K/V).
+    """
+
+    index: int
+    liv_class: int
+    name: str
+    featurizer: nn.Module
+    mixer: nn.Module
+    featurizer_owner: int
+    feature_source: int | None
+    shared_groups: tuple[str, ...]
+    compute_groups: tuple[str, ...]
+    readonly_cache: bool
+
+    @property
+    def signature(self) -> tuple:
+        """What must be equal for two slots (of different candidates) to run as one batched op."""
+        return (self.featurizer, self.mixer, self.compute_groups, self.shared_groups, self.readonly_cache)
+
+
+@dataclasses.dataclass(frozen=True)
+class Program:
+    """A compiled backbone: the slots plus the model config."""
+
+    slots: tuple[SlotSpec, ...]
+    cfg: ModelConfig
+
+    @property
+    def featurizer_owners(self) -> tuple[int, ...]:
+        return tuple(sorted({s.featurizer_owner for s in self.slots}))
+
+    def owner_groups(self, owner: int) -> tuple[str, ...]:
+        """The union of groups computed with owner's featurizer weights, in the featurizer's order."""
+        used = {g for s in self.slots if s.featurizer_owner == owner for g in s.compute_groups}
+        return tuple(g for g in self.slots[owner].featurizer.groups() if g in used)
+
+    @property
+    def leaders(self) -> tuple[int, ...]:
+        return tuple(sorted({s.feature_source for s in self.slots if s.feature_source is not None}))
+
+
+# ---------------------------------------------------------------------------------------------
+def _liv_where(i: int, cls: LIVClass) -> str:
+    return f"LIV #{i} ({cls.name}, operator {cls.operator.to_string()})"
+
+
+def _attention(i: int, cls: LIVClass, cfg: ModelConfig):
+    from star_jax.ops.attention import AttentionFeaturizer, AttentionMixer
+    op, fz = cls.operator, cls.featurizer
+    where = _liv_where(i, cls)
+    if op.channel_mixing == 3:  # grouped: multi-head
+        n_heads, head_dim = cfg.width // cfg.head_dim, cfg.head_dim
+    else:  # dense: one head spanning the width
+        n_heads, head_dim = 1, cfg.width
+    kname = "k1" if fz.differential else "k"
+    repeat = fz.group(kname).repeat
+    if n_heads % repeat:
+        raise ConfigError(f"{where}: {n_heads} attention heads (width {cfg.width} / head_dim {head_dim}) are "
+                          f"not divisible by the K/V repeat {repeat}; choose width/head_dim so that the head "
+                          f"count is a multiple of {repeat}")
+    if head_dim % 2 and op.nonlinearity == 2:
+        raise ConfigError(f"{where}: rotary embeddings need an even head_dim, got {head_dim}")
+    qname = "q1" if fz.differential else "q"
+    qg = fz.group(qname)
+    conv = qg.kernel_size if qg.token_mixing == 3 else 0
+    kind = ATTENTION_KINDS[op.nonlinearity]
+    window = cfg.window if op.sparsity == 2 else 0
+    feat = AttentionFeaturizer(width=cfg.width, n_heads=n_heads, n_kv_heads=n_heads // repeat, head_dim=head_dim,
+                               qkv_conv=conv, differential=fz.differential)
+    mix = AttentionMixer(width=cfg.width, n_heads=n_heads, n_kv_heads=n_heads // repeat, head_dim=head_dim,
+                         kind=kind, window=window, rope=(kind == "softmax"), differential=fz.differential,
+                         rope_base=cfg.rope_base)
+    return feat, mix
+
+
+def _recurrence(i: int, cls: LIVClass, cfg: ModelConfig):
+    from star_jax.ops.recurrence import RecurrenceFeaturizer, RecurrenceMixer
+    fz = cls.featurizer
+    e = fz.group("b1" if fz.differential else "b").expansion
+    return (RecurrenceFeaturizer(width=cfg.width, state_expansion=e, differential=fz.differential),
+            RecurrenceMixer(width=cfg.width, state_expansion=e, scan_impl=cfg.scan_impl, differential=fz.differential))
+
+
+def _gated_conv(i: int, cls: LIVClass, cfg: ModelConfig):
+    from star_jax.ops.conv import GatedConvFeaturizer, ShortConvMixer, LongConvMixer
+    fz = cls.featurizer
+    filt = fz.group("filter")
+    feat = GatedConvFeaturizer(width=cfg.width, differential=fz.differential)
+    if filt.implicit:
+        mix = LongConvMixer(width=cfg.width, max_len=cfg.max_len, filter_order=filt.expansion,
+                            differential=fz.differential)
+    else:
+        mix = ShortConvMixer(width=cfg.width, kernel_size=filt.kernel_size, differential=fz.differential)
+    return feat, mix
+
+
+def _memoryless(i: int, cls: LIVClass, cfg: ModelConfig):
+    from star_jax.ops.memoryless import GLUFeaturizer, GLUMixer
+    fz = cls.featurizer
+    gate = fz.group("gate1" if fz.differential else "gate")
+    act = ACTIVATIONS.get(cls.operator.nonlinearity)
+    if act is None:
+        raise ConfigError(f"{_liv_where(i, cls)}: memoryless LIVs support nonlinearity none/relu/swish, "
+                          f"not {NONLINEARITY[cls.operator.nonlinearity]}")
+    hidden = gate.expansion * cfg.width
+    return (GLUFeaturizer(width=cfg.width, hidden=hidden, activation=act, differential=fz.differential),
+            GLUMixer(width=cfg.width, hidden=hidden, activation=act, differential=fz.differential))
+
+
+# featurizer kind -> builder(index, class, cfg) -> (featurizer module, mixer module)
+FAMILY_BUILDERS: dict[str, Callable] = {
+    "qkv": _attention,
+    "ssm": _recurrence,
+    "gated": _gated_conv,
+    "glu": _memoryless,
+}
+
+
+def compile_genome(genome: Genome, cfg: ModelConfig) -> Program:
+    """Resolve a genome into a Program for `cfg`.
+
+    Raises:
+      GenomeError: the genome is invalid (names the segment).
+      ConfigError: the config cannot fit one of the LIVs (names the LIV and the conflict).
+    """
+    if not isinstance(cfg, ModelConfig):
+        raise TypeError(f"cfg must be a ModelConfig, got {type(cfg).__name__}")
+    plan = genome.sharing()  # validates
+    classes = genome.classes
+    built = [FAMILY_BUILDERS[c.kind](i, c, cfg) for i, c in enumerate(classes)]
+    slots = []
+    for i, c in enumerate(classes):
+        feat, mix = built[i]
+        owner = plan.featurizer_owner[i]
+        if built[owner][0] != feat:  # cannot happen for valid genomes; guard the invariant
+            raise ConfigError(f"{_liv_where(i, c)}: featurizer differs from that of its sharing owner #{owner}")
+        src = plan.feature_source[i]
+        shared = tuple(feat.shareable()) if src is not None else ()
+        compute = tuple(g for g in feat.groups() if g not in shared)
+        cache_groups = tuple(mix.cache_groups()) if hasattr(mix, "cache_groups") else ()
+        readonly = bool(src is not None and cache_groups and set(cache_groups) <= set(shared))
+        slots.append(SlotSpec(i, c.class_id, c.name, built[owner][0], mix, owner, src, shared, compute, readonly))
+    return Program(tuple(slots), cfg)

@@ -1,0 +1,130 @@
+"""The compiler: every preset and random genomes with sharing build, train-forward, decode
+step-by-step exactly, are causal, and have exactly the analytic parameter and cache sizes."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import star_jax as sj
+from star_jax.genome import Genome, random_genome, register_liv_class, unregister_liv_class, class_ids
+from star_jax.model import ModelConfig, ConfigError, build_model, StarModel, compile_genome
+
+CFG = ModelConfig(width=32, vocab_size=11, max_len=12, head_dim=8, window=4)
+L = 10
+
+
+def _count(tree) -> int:
+    return int(sum(x.size for x in jax.tree_util.tree_leaves(tree) if jnp.issubdtype(x.dtype, jnp.floating)))
+
+
+def _check(genome: Genome, cfg: ModelConfig = CFG, tol: float = 1e-4):
+    model = build_model(genome, cfg)
+    toks = jax.random.randint(jax.random.key(1), (2, L), 0, cfg.vocab_size, dtype=jnp.int32)
+    params = model.init(jax.random.key(0), toks)
+    # exact parameter accounting
+    assert sj.param_count(genome, cfg) == _count(params), genome.describe()
+    # parallel forward vs step-by-step decode
+    full = model.apply(params, toks)
+    assert full.shape == (2, L, cfg.vocab_size) and bool(jnp.all(jnp.isfinite(full)))
+    state = model.init_decode_state(2, L)
+    stepped, state = jax.jit(lambda p, t, s: model.apply(p, t, s, method=StarModel.prefill))(params, toks, state)
+    err = float(jnp.max(jnp.abs(stepped - full)) / (jnp.max(jnp.abs(full)) + 1e-9))
+    assert err < tol, (err, genome.describe())
+    # exact cache accounting: float elements of the state after L tokens with max_len = L
+    assert sj.cache_bytes(genome, cfg, seq_len=L, bytes_per_elem=4) == 4 * _count(state) // 2, genome.describe()  # batch 2
+    return model, params
+
+
+@pytest.mark.parametrize("cid", list(range(1, 18)))
+def test_every_paper_class_decodes_exactly_and_counts_exactly(cid):
+    _check(Genome([[cid, 1, 1, 1, 1], [9, 1, 1, 1, 1]]))
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_random_genomes_with_sharing(seed):
+    rng = np.random.default_rng(seed)
+    g = random_genome(6, rng, classes=tuple(range(1, 18)), share_prob=0.7)
+    _check(g)
+
+
+def test_shared_kv_and_featurizer_sharing_saves_params_and_cache():
+    plain = Genome.from_string("1.1.1.1.1-9.1.1.1.1-1.1.1.1.1-9.1.1.1.1")
+    kv = Genome.from_string("1.1.1.1.2-9.1.1.1.1-1.1.1.1.2-9.1.1.1.1")
+    fs = Genome.from_string("1.1.2.1.1-9.1.1.1.1-1.1.2.1.1-9.1.1.1.1")
+    _check(kv); _check(fs)
+    w = CFG.width
+    assert sj.param_count(plain, CFG) - sj.param_count(kv, CFG) == 2 * w * w  # member has no K, V projections
+    assert sj.param_count(plain, CFG) - sj.param_count(fs, CFG) == 3 * w * w  # one Q, K, V set
+    assert sj.cache_bytes(kv, CFG, seq_len=100) * 2 == sj.cache_bytes(plain, CFG, seq_len=100)
+    assert sj.cache_bytes(fs, CFG, seq_len=100) == sj.cache_bytes(plain, CFG, seq_len=100)
+
+
+def test_transformer_pp_cache_matches_paper():
+    cfg = ModelConfig(width=2048, vocab_size=32000, max_len=4096, head_dim=64)
+    g = sj.baselines.transformer_pp(n_liv=48)
+    assert sum(s.liv_class == 1 for s in g) == 24
+    assert sj.cache_bytes(g, cfg, seq_len=4096, bytes_per_elem=2) == 805_306_368
+
+
+def test_cache_formulas_per_family():
+    cfg = ModelConfig(width=64, vocab_size=11, max_len=256, head_dim=16)
+    d, Lq = 64, 256
+    one = lambda c: sj.cache_bytes(Genome([[c, 1, 1, 1, 1]]), cfg, seq_len=Lq, bytes_per_elem=1)
+    assert one(1) == 2 * 4 * 16 * Lq            # SA-1: 2 x n_kv x head_dim x L
+    assert one(3) == 2 * 1 * 16 * Lq            # SA-3: K/V repeat 4
+    assert one(5) == d * 16                      # Rec-1: d x state expansion
+    assert one(6) == d * 2
+    assert one(7) == d * 2                       # GConv-1: d x (k - 1)
+    assert one(8) == d * Lq                      # GConv-2: the input history
+    assert one(9) == 0                           # SwiGLU
+
+
+@pytest.mark.parametrize("cid", list(range(1, 18)))
+def test_causality(cid):
+    g = Genome([[cid, 1, 1, 1, 1], [9, 1, 1, 1, 1]])
+    model = build_model(g, CFG)
+    toks = jax.random.randint(jax.random.key(3), (1, L), 0, CFG.vocab_size, dtype=jnp.int32)
+    params = model.init(jax.random.key(0), toks)
+    t = 4
+    toks2 = toks.at[:, t + 1:].set((toks[:, t + 1:] + 1) % CFG.vocab_size)
+    a, b = model.apply(params, toks), model.apply(params, toks2)
+    np.testing.assert_allclose(np.asarray(a[:, :t + 1]), np.asarray(b[:, :t + 1]), rtol=1e-5, atol=1e-6)
+    assert not np.allclose(np.asarray(a[:, t + 1:]), np.asarray(b[:, t + 1:]))
+
+
+def test_linear_and_sliding_window_attention_from_operator_genomes():
+    lin = register_liv_class("LinAttn-m", "1.2.1.1.3", class_id=95)
+    swa = register_liv_class("SWA-m", "1.2.2.2.3", class_id=96)
+    try:
+        prog = compile_genome(Genome.from_string("95.1.1.1.1-96.1.1.1.1"), CFG)
+        assert prog.slots[0].mixer.kind == "linear" and prog.slots[0].mixer.window == 0
+        assert prog.slots[1].mixer.kind == "softmax" and prog.slots[1].mixer.window == CFG.window
+        _check(Genome.from_string("95.1.2.1.1-96.1.2.1.1-1.1.2.1.1"))  # sharing SA-1's featurizer weights
+        # a sliding window bounds the cache
+        assert sj.cache_bytes(Genome.from_string("96.1.1.1.1"), CFG, seq_len=1000, bytes_per_elem=1) == \
+            2 * 4 * 8 * CFG.window
+    finally:
+        unregister_liv_class(95); unregister_liv_class(96)
+
+
+def test_config_that_cannot_fit_names_the_liv():
+    cfg = ModelConfig(width=16, vocab_size=11, max_len=12, head_dim=8)  # 2 heads, SA-3 needs 4
+    with pytest.raises(ConfigError, match=r"LIV #1 \(SA-3.*repeat 4"):
+        build_model(Genome.from_string("9.1.1.1.1-3.1.1.1.1"), cfg)
+    with pytest.raises(ConfigError, match="divisible by head_dim"):
+        ModelConfig(width=30, head_dim=8)
+    with pytest.raises(ConfigError, match="unknown ModelConfig field"):
+        ModelConfig.from_dict({"width": 32, "heads": 4})
+    with pytest.raises(sj.GenomeError, match="segment 1"):
+        build_model(Genome.from_string("1.1.1.1.1-1.1.2.1.1"), CFG)
+
+
+def test_generate_uses_decode_path():
+    g = Genome.from_string("1.1.1.1.1-9.1.1.1.1")
+    model = build_model(g, CFG)
+    toks = jnp.zeros((1, 4), jnp.int32)
+    params = model.init(jax.random.key(0), toks)
+    out = sj.generate(model, params, toks, 5)
+    assert out.shape == (1, 9)
+    full = model.apply(params, out[:, :-1])
+    np.testing.assert_array_equal(np.asarray(jnp.argmax(full[:, 3:], -1)), np.asarray(out[:, 4:]))

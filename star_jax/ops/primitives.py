@@ -11,7 +11,7 @@ import jax.numpy as jnp
 def rms_norm(x: jax.Array, scale: jax.Array, eps: float = 1e-6) -> jax.Array:
     """RMSNorm over the last axis. x: [..., d], scale: [d]."""
     var = jnp.mean(jnp.square(x), axis=-1, keepdims=True)
-    return x * jax.lax.rsqrt(var + eps) * scale
+    return x * jax.lax.rsqrt(var + eps) * jnp.reshape(scale, (1,) * (x.ndim - 1) + scale.shape)
 
 
 def causal_short_conv(x: jax.Array, w: jax.Array) -> jax.Array:
@@ -26,9 +26,10 @@ def causal_short_conv(x: jax.Array, w: jax.Array) -> jax.Array:
     k = w.shape[0]
     length = x.shape[1]
     xp = jnp.pad(x, ((0, 0), (k - 1, 0), (0, 0)))
-    y = x * w[0]
+    w3 = w[:, None, None, :]  # [kernel, 1, 1, channels]: explicit rank for strict promotion
+    y = x * w3[0]
     for i in range(1, k):
-        y = y + xp[:, k - 1 - i : k - 1 - i + length, :] * w[i]
+        y = y + xp[:, k - 1 - i : k - 1 - i + length, :] * w3[i]
     return y
 
 
@@ -44,7 +45,7 @@ def causal_short_conv_step(x_t: jax.Array, history: jax.Array, w: jax.Array):
     """
     k = w.shape[0]
     if k == 1:
-        return x_t * w[0], history
+        return x_t * w[0][None, :], history
     window = jnp.concatenate([history, x_t[:, None, :]], axis=1)  # [b, k, c], oldest first
     y_t = jnp.einsum("bkc,kc->bc", window, w[::-1])
     return y_t, window[:, 1:, :]

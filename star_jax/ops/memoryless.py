@@ -1,0 +1,158 @@
+"""The memoryless LIV family: gated linear units (SwiGLU and relatives), diagonal token mixing.
+
+It is STAR's channel-mixing block (the MLP of a Transformer++): no token interaction, no cache.
+"""
+from __future__ import annotations
+
+import chex
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from star_jax.ops.differential import DiffLambda, diff_combine
+
+ACTIVATIONS = {"swish": jax.nn.silu, "relu": jax.nn.relu, "none": lambda v: v}
+
+
+def _check_activation(activation: str, who: str) -> None:
+    if activation not in ACTIVATIONS:
+        raise ValueError(f"{who}: activation must be one of {tuple(ACTIVATIONS)}, got {activation!r}")
+
+
+class GLUFeaturizer(nn.Module):
+    """Featurizer of the gated linear unit: gate and value projections Linear(width -> hidden).
+
+    Attributes:
+      width: model width d.
+      hidden: GLU hidden width.
+      activation: "swish" | "relu" | "none" (applied by the mixer; recorded here for the genome).
+      differential: two gates (gate1, gate2) and one shared value.
+
+    Groups: gate, value (differential gate1, gate2, value), each a bias-free Linear named by the
+    group, created only when computed. Nothing is shareable.
+    """
+
+    width: int
+    hidden: int
+    activation: str = "swish"
+    differential: bool = False
+
+    @nn.nowrap
+    def groups(self) -> tuple[str, ...]:
+        """All feature groups this featurizer can compute."""
+        return ("gate1", "gate2", "value") if self.differential else ("gate", "value")
+
+    @nn.nowrap
+    def shareable(self) -> tuple[str, ...]:
+        """Groups another LIV may reuse: none (a memoryless op has no cache worth sharing)."""
+        return ()
+
+    @nn.nowrap
+    def _resolve(self, groups) -> tuple[str, ...]:
+        _check_activation(self.activation, type(self).__name__)
+        if groups is None:
+            return self.groups()
+        groups = tuple(groups)
+        bad = [g for g in groups if g not in self.groups()]
+        if bad:
+            raise ValueError(f"GLUFeaturizer: unknown feature groups {bad}; valid groups are {self.groups()}")
+        return groups
+
+    @nn.compact
+    def __call__(self, h: jax.Array, groups: tuple[str, ...] | None = None) -> dict[str, jax.Array]:
+        """Compute the requested feature groups.
+
+        Arguments:
+          h: [batch, length, width] (or [batch, width] for one token).
+          groups: names to compute; None = all of `groups()`.
+        Returns:
+          dict group -> [..., hidden] (same leading axes as h).
+        """
+        chex.assert_axis_dimension(h, -1, self.width)
+        return {
+            g: nn.Dense(self.hidden, use_bias=False, kernel_init=nn.initializers.lecun_normal(), name=g)(h)
+            for g in self._resolve(groups)
+        }
+
+    def step(self, h_t: jax.Array, state: dict, groups: tuple[str, ...] | None = None):
+        """One token: (features [batch, hidden], state unchanged)."""
+        return self(h_t, groups), state
+
+    @nn.nowrap
+    def init_state(self, batch: int, groups=None, dtype=jnp.float32) -> dict:
+        """No state: {}."""
+        return {}
+
+    @nn.nowrap
+    def param_count(self, groups=None) -> int:
+        """Analytic number of parameters created when computing `groups` (None = all)."""
+        return len(self._resolve(groups)) * self.width * self.hidden
+
+    @nn.nowrap
+    def state_elems(self, groups=None) -> int:
+        """Featurizer state size per sequence: 0."""
+        return 0
+
+
+class GLUMixer(nn.Module):
+    """Gated linear unit: out(act(gate) * value) (SwiGLU for activation="swish").
+
+    Differential: out((act(gate1) - lambda * act(gate2)) * value), lambda learnable.
+
+    Attributes:
+      width: model width d.
+      hidden: GLU hidden width.
+      activation: "swish" | "relu" | "none".
+      differential: the differential variant.
+
+    State: {}. Params: out (Linear hidden -> d, no bias), diff_lambda when differential.
+    """
+
+    width: int
+    hidden: int
+    activation: str = "swish"
+    differential: bool = False
+
+    def setup(self):
+        _check_activation(self.activation, type(self).__name__)
+        self.out = nn.Dense(self.width, use_bias=False, kernel_init=nn.initializers.lecun_normal())
+        if self.differential:
+            self.diff_lambda = DiffLambda(self.width)
+
+    def __call__(self, feats: dict[str, jax.Array]) -> jax.Array:
+        """Apply the unit token by token.
+
+        Arguments:
+          feats: gate, value [batch, length, hidden] (differential gate1, gate2, value);
+            a decode step passes [batch, hidden].
+        Returns:
+          y: [batch, length, width] ([batch, width] for one token).
+        """
+        act = ACTIVATIONS[self.activation]
+        if self.differential:
+            gate = diff_combine(act(feats["gate1"]), act(feats["gate2"]), self.diff_lambda())
+        else:
+            gate = act(feats["gate"])
+        return self.out(gate * feats["value"])
+
+    def step(self, feats_t: dict[str, jax.Array], state: dict):
+        """One token: (y_t [batch, width], state unchanged)."""
+        return self(feats_t), state
+
+    @nn.nowrap
+    def init_state(self, batch: int, max_len: int = 0, dtype=jnp.float32) -> dict:
+        """No state: {}."""
+        return {}
+
+    @nn.nowrap
+    def param_count(self) -> int:
+        """Analytic parameter count."""
+        return self.hidden * self.width + (DiffLambda.count(self.width) if self.differential else 0)
+
+    @nn.nowrap
+    def state_elems(self, seq_len: int = 0) -> int:
+        """Decode state per sequence: 0."""
+        return 0
+
+
+__all__ = ["GLUFeaturizer", "GLUMixer", "ACTIVATIONS"]

@@ -35,12 +35,17 @@ def _check(genome: Genome, cfg: ModelConfig = CFG, tol: float = 1e-4):
     return model, params
 
 
-@pytest.mark.parametrize("cid", list(range(1, 18)))
-def test_every_paper_class_decodes_exactly_and_counts_exactly(cid):
-    _check(Genome([[cid, 1, 1, 1, 1], [9, 1, 1, 1, 1]]))
+# The 17 paper classes, a few per model to keep compiles few: every class decodes exactly and
+# counts exactly (a wrong LIV would break its model's check).
+CLASS_CHUNKS = [(1, 2, 3, 4, 9), (5, 6, 7, 8), (10, 11, 12, 13), (14, 15, 16, 17)]
 
 
-@pytest.mark.parametrize("seed", range(6))
+@pytest.mark.parametrize("chunk", CLASS_CHUNKS)
+def test_every_paper_class_decodes_exactly_and_counts_exactly(chunk):
+    _check(Genome([[cid, 1, 1, 1, 1] for cid in chunk]))
+
+
+@pytest.mark.parametrize("seed", range(3))
 def test_random_genomes_with_sharing(seed):
     rng = np.random.default_rng(seed)
     g = random_genome(6, rng, classes=tuple(range(1, 18)), share_prob=0.7)
@@ -81,7 +86,7 @@ def test_cache_formulas_per_family():
 
 @pytest.mark.parametrize("cid", list(range(1, 18)))
 def test_causality(cid):
-    g = Genome([[cid, 1, 1, 1, 1], [9, 1, 1, 1, 1]])
+    g = Genome([[cid, 1, 1, 1, 1]])
     model = build_model(g, CFG)
     toks = jax.random.randint(jax.random.key(3), (1, L), 0, CFG.vocab_size, dtype=jnp.int32)
     params = model.init(jax.random.key(0), toks)

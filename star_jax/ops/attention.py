@@ -343,7 +343,7 @@ class AttentionMixer(nn.Module):
         j = jnp.arange(l)[None, :]
         mask = j <= i
         if self.window > 0:
-            mask = mask & (j >= i - self.window)
+            mask = mask & (j > i - self.window)
         mask = mask[None, None, None]
         if self.kind == "softmax":
             s = jnp.where(mask, s.astype(jnp.float32), _NEG)

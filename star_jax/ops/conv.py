@@ -45,16 +45,12 @@ def _channel(v: jax.Array, like: jax.Array) -> jax.Array:
 def short_conv(u: jax.Array, w: jax.Array) -> jax.Array:
     """Depthwise causal short conv (primitives.causal_short_conv, shifted slices).
 
-    The primitive broadcasts w[i] ([channels]) against [batch, length, channels]; that rank
-    promotion is allowed locally so the op also runs under jax_numpy_rank_promotion="raise".
-
     Arguments:
       u: [batch, length, channels]; w: [kernel, channels], w[0] on the current token.
     Returns:
       [batch, length, channels].
     """
-    with jax.numpy_rank_promotion("allow"):
-        return causal_short_conv(u, w)
+    return causal_short_conv(u, w)
 
 
 class GatedConvFeaturizer(nn.Module):
@@ -282,7 +278,8 @@ class LongConvMixer(nn.Module):
       differential: the differential variant.
 
     State: {"u": [batch, T, d] input history B*x (T = init_state's max_len <= max_len),
-    "pos": int32 [] tokens seen} (differential {"u1", "u2", "pos"}).
+    "pos": int32 [] tokens seen} (differential {"u1", "u2", "pos"}). Decoding past T tokens is
+    not supported (the history buffer is full).
     Params: filter (filter1, filter2; see ImplicitFilter), D [d] (D1, D2), out, diff_lambda.
     """
 

@@ -1,0 +1,136 @@
+"""Tests of the linear-recurrence family: decode = parallel, scan = associative, causality, sizes."""
+import itertools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from star_jax.ops.recurrence import RecurrenceFeaturizer, RecurrenceMixer, linear_recurrence
+
+B, L, D, E = 2, 12, 8, 4
+
+
+def _size(tree) -> int:
+    return sum(int(np.prod(x.shape)) for x in jax.tree.leaves(tree))
+
+
+def _build(differential, scan_impl="scan", key=0):
+    feat = RecurrenceFeaturizer(D, E, differential=differential)
+    mixer = RecurrenceMixer(D, E, scan_impl=scan_impl, differential=differential)
+    k1, k2, k3 = jax.random.split(jax.random.key(key), 3)
+    h = jax.random.normal(k1, (B, L, D))
+    fp = feat.init(k2, h)
+    mp = mixer.init(k3, feat.apply(fp, h))
+    return feat, mixer, fp, mp, h
+
+
+def _forward(feat, mixer, fp, mp, h):
+    return mixer.apply(mp, feat.apply(fp, h))
+
+
+def _decode(feat, mixer, fp, mp, h):
+    def body(carry, h_t):
+        fs, ms = carry
+        f_t, fs = feat.apply(fp, h_t, fs, method="step")
+        y_t, ms = mixer.apply(mp, f_t, ms, method="step")
+        return (fs, ms), y_t
+
+    init = (feat.init_state(h.shape[0]), mixer.init_state(h.shape[0], h.shape[1]))
+    _, ys = jax.lax.scan(body, init, jnp.moveaxis(h, 1, 0))
+    return jnp.moveaxis(ys, 0, 1)
+
+
+def _rel(a, b) -> float:
+    return float(jnp.linalg.norm(a - b) / jnp.linalg.norm(b))
+
+
+@pytest.mark.parametrize("differential", [False, True])
+def test_decode_matches_parallel_and_is_causal(differential):
+    feat, mixer, fp, mp, h = _build(differential)
+    fwd = jax.jit(lambda h: _forward(feat, mixer, fp, mp, h))
+    y = fwd(h)
+    y_dec = jax.jit(lambda fp, mp, h: _decode(feat, mixer, fp, mp, h))(fp, mp, h)
+    assert y.shape == (B, L, D)
+    assert float(jnp.abs(y).max()) > 1e-3  # the op does something
+    assert _rel(y_dec, y) < 1e-4
+    # causality: perturbing inputs after t leaves outputs up to t unchanged
+    t = 5
+    y2 = fwd(h.at[:, t + 1 :].add(jax.random.normal(jax.random.key(9), (B, L - t - 1, D))))
+    np.testing.assert_allclose(y[:, : t + 1], y2[:, : t + 1], rtol=1e-6, atol=1e-6)
+    assert float(jnp.abs(y[:, t + 1 :] - y2[:, t + 1 :]).max()) > 1e-4
+
+
+def _recurrence_reference(a, bx):
+    h = np.zeros_like(bx[:, 0])
+    out = []
+    for t in range(a.shape[1]):
+        h = a[:, t] * h + bx[:, t]
+        out.append(h)
+    return np.stack(out, 1)
+
+
+@pytest.mark.parametrize("shape", [(2, 7, 3), (1, 16, 2, 3)])
+def test_linear_recurrence_impls_agree_with_loop(shape):
+    ka, kb, kh = jax.random.split(jax.random.key(1), 3)
+    a = jax.random.uniform(ka, shape, minval=0.5, maxval=1.0)
+    bx = jax.random.normal(kb, shape)
+    ref = _recurrence_reference(np.asarray(a), np.asarray(bx))
+    rec = jax.jit(linear_recurrence, static_argnames="impl")
+    for impl in ("scan", "associative"):
+        np.testing.assert_allclose(rec(a, bx, impl), ref, rtol=1e-5, atol=1e-5)
+    # an initial state continues the recurrence: split the sequence in two
+    h0 = rec(a[:, :3], bx[:, :3], "scan")[:, -1]
+    for impl in ("scan", "associative"):
+        np.testing.assert_allclose(
+            rec(a[:, 3:], bx[:, 3:], impl, h0=h0), ref[:, 3:], rtol=1e-5, atol=1e-5
+        )
+    with pytest.raises(ValueError, match="impl"):
+        linear_recurrence(a, bx, "parallel")
+
+
+@pytest.mark.parametrize("differential", [False, True])
+def test_scan_and_associative_agree_with_gradients(differential):
+    feat, m_scan, fp, mp, h = _build(differential, "scan")
+    m_assoc = RecurrenceMixer(D, E, scan_impl="associative", differential=differential)
+
+    def loss(mixer):
+        return lambda fp, mp, h: jnp.sum(jnp.square(_forward(feat, mixer, fp, mp, h)))
+
+    grads = [jax.jit(jax.value_and_grad(loss(m), argnums=(0, 1, 2)))(fp, mp, h) for m in (m_scan, m_assoc)]
+    (v1, g1), (v2, g2) = grads
+    assert abs(float(v1 - v2)) <= 1e-5 * abs(float(v1))
+    for a, b in zip(jax.tree.leaves(g1), jax.tree.leaves(g2)):
+        assert _rel(a, b) < 1e-4
+
+
+@pytest.mark.parametrize("differential", [False, True])
+def test_param_and_state_counts(differential):
+    feat = RecurrenceFeaturizer(D, E, differential=differential)
+    mixer = RecurrenceMixer(D, E, differential=differential)
+    h = jnp.zeros((1, 3, D))
+    groups = feat.groups()
+    subsets = [None, feat.shareable()] + [(g,) for g in groups] + list(itertools.combinations(groups, 2))[:6]
+    for sub in subsets:
+        shapes = jax.eval_shape(lambda: feat.init(jax.random.key(0), h, sub))
+        assert _size(shapes) == feat.param_count(sub), sub
+        names = set(shapes["params"])
+        assert names == set(groups if sub is None else sub)
+    assert feat.init_state(1) == {} and feat.state_elems() == 0
+    mshapes = jax.eval_shape(lambda: mixer.init(jax.random.key(0), feat.init_with_output(jax.random.key(0), h)[0]))
+    assert _size(mshapes) == mixer.param_count()
+    state = mixer.init_state(1, 64)
+    assert _size(state) == mixer.state_elems(64) == (2 if differential else 1) * D * E
+    with pytest.raises(ValueError, match="unknown feature groups"):
+        feat.param_count(("q",))
+
+
+def test_init_values():
+    feat, mixer, fp, mp, h = _build(False)
+    dt = feat.apply(fp, h, ("dt",))["dt"]
+    assert 5e-4 < float(dt.min()) and float(dt.max()) < 0.2  # Mamba's dt range at init
+    A = -jnp.exp(mp["params"]["A_log"])
+    np.testing.assert_allclose(A[0], -jnp.arange(1, E + 1, dtype=jnp.float32), rtol=1e-6)
+    assert float(jnp.abs(mp["params"]["out"]["kernel"]).max()) > 0
+    with pytest.raises(ValueError, match="scan_impl"):
+        RecurrenceMixer(D, E, scan_impl="parallel").init(jax.random.key(0), feat.apply(fp, h))

@@ -18,3 +18,13 @@ __all__ = [
     "ModelConfig", "ConfigError", "build_model", "StarModel", "compile_genome", "generate",
     "param_count", "cache_bytes", "cache_elems",
 ]
+
+# Data and training. `star_jax.train` and `star_jax.evolve` are packages whose main functions
+# share their names; the top level exposes the functions (sj.train(...), sj.evolve(...)), after
+# the packages' submodules are loaded, so `import star_jax.train.mad` keeps working.
+from star_jax import tasks
+from star_jax.train import mad
+from star_jax.train import TrainConfig, TrainResult
+from star_jax.train.loop import train
+
+__all__ += ["tasks", "mad", "TrainConfig", "TrainResult", "train"]

@@ -1,0 +1,36 @@
+"""Single-candidate training and evaluation: config, optimizer, pure step functions, the loop.
+The population engine mirrors `batch_keys` and `make_train_step` to reproduce these runs."""
+from star_jax.train.config import TrainConfig
+from star_jax.train.loop import TrainResult, fit, fit_model, train
+from star_jax.train.optim import decay_mask, make_optimizer, make_schedule
+from star_jax.train.step import (
+    IGNORE_INDEX,
+    batch_keys,
+    evaluate,
+    make_sampled_scan_chunk,
+    make_scan_chunk,
+    make_train_step,
+    masked_loss_and_accuracy,
+    masked_sums,
+    step_batch_key,
+)
+
+__all__ = [
+    "IGNORE_INDEX",
+    "TrainConfig",
+    "TrainResult",
+    "batch_keys",
+    "decay_mask",
+    "evaluate",
+    "fit",
+    "fit_model",
+    "make_optimizer",
+    "make_sampled_scan_chunk",
+    "make_scan_chunk",
+    "make_schedule",
+    "make_train_step",
+    "masked_loss_and_accuracy",
+    "masked_sums",
+    "step_batch_key",
+    "train",
+]

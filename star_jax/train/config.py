@@ -1,0 +1,125 @@
+"""The training hyper-parameters of one candidate, as one frozen, validated record.
+Everything that changes a training run's numbers lives here, so a run is reproducible from it."""
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any, Mapping
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_real(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """Hyper-parameters of single-candidate training (AdamW, warm-up + cosine, clipping).
+
+    Fields:
+        steps: number of optimizer steps, >= 1.
+        batch_size: sequences per step, >= 1.
+        lr: peak learning rate, finite and > 0.
+        weight_decay: decoupled AdamW weight decay (multiplied by the current learning rate, as in
+            optax and PyTorch), finite and >= 0. Applied only to parameters with ndim >= 2.
+        warmup_steps: linear warm-up length, 0 <= warmup_steps <= steps.
+        min_lr_ratio: the cosine decay ends at ``lr * min_lr_ratio``, in [0, 1].
+        clip_norm: global gradient-norm clipping threshold, finite and > 0, or None for no clipping.
+        b1: AdamW first-moment decay, in [0, 1).
+        b2: AdamW second-moment decay, in [0, 1).
+        eval_every: evaluate on the test set every this many steps (and always after the last
+            step); 0 evaluates only at the end. >= 0.
+        eval_batch_size: sequences per evaluation batch, >= 1.
+        seed: the run's seed (parameter init and batch order), an integer in [0, 2**32).
+    """
+
+    steps: int = 1000
+    batch_size: int = 32
+    lr: float = 5e-4
+    weight_decay: float = 0.1
+    warmup_steps: int = 0
+    min_lr_ratio: float = 0.1
+    clip_norm: float | None = 1.0
+    b1: float = 0.9
+    b2: float = 0.95
+    eval_every: int = 0
+    eval_batch_size: int = 256
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        def fail(name: str, valid: str) -> None:
+            raise ValueError(
+                f"TrainConfig.{name} = {getattr(self, name)!r} is invalid: expected {valid}"
+            )
+
+        for name in ("steps", "batch_size", "eval_batch_size"):
+            value = getattr(self, name)
+            if not _is_int(value) or value < 1:
+                fail(name, "an integer >= 1")
+        if not _is_int(self.eval_every) or self.eval_every < 0:
+            fail("eval_every", "an integer >= 0 (0 = evaluate only after the last step)")
+        if not _is_int(self.warmup_steps) or not 0 <= self.warmup_steps <= self.steps:
+            fail("warmup_steps", f"an integer in [0, steps={self.steps}]")
+        if not _is_int(self.seed) or not 0 <= self.seed < 2**32:
+            fail("seed", "an integer in [0, 2**32)")
+        if not _is_real(self.lr) or not math.isfinite(self.lr) or self.lr <= 0:
+            fail("lr", "a finite number > 0")
+        if not _is_real(self.weight_decay) or not math.isfinite(self.weight_decay) or self.weight_decay < 0:
+            fail("weight_decay", "a finite number >= 0")
+        if not _is_real(self.min_lr_ratio) or not 0.0 <= self.min_lr_ratio <= 1.0:
+            fail("min_lr_ratio", "a number in [0, 1]")
+        if self.clip_norm is not None and (
+            not _is_real(self.clip_norm) or not math.isfinite(self.clip_norm) or self.clip_norm <= 0
+        ):
+            fail("clip_norm", "a finite number > 0, or None to disable clipping")
+        for name in ("b1", "b2"):
+            value = getattr(self, name)
+            if not _is_real(value) or not 0.0 <= value < 1.0:
+                fail(name, "a number in [0, 1)")
+
+    @classmethod
+    def field_names(cls) -> tuple[str, ...]:
+        """Returns:
+        The names of all fields, in declaration order.
+        """
+        return tuple(f.name for f in dataclasses.fields(cls))
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "TrainConfig":
+        """Build a config from a mapping (e.g. parsed JSON); missing fields take their defaults.
+
+        Arguments:
+            data: field name -> value.
+
+        Returns:
+            The validated config.
+
+        Raises:
+            ValueError: for an unknown key (the message lists the valid ones) or an invalid value.
+        """
+        unknown = sorted(set(data) - set(cls.field_names()))
+        if unknown:
+            raise ValueError(
+                f"unknown TrainConfig field(s) {unknown}; valid fields: {list(cls.field_names())}"
+            )
+        return cls(**dict(data))
+
+    def to_dict(self) -> dict[str, Any]:
+        """Returns:
+        A JSON-ready dict of all fields (the inverse of ``from_dict``).
+        """
+        return dataclasses.asdict(self)
+
+    def replace(self, **changes: Any) -> "TrainConfig":
+        """Return a copy with some fields changed, validated, rejecting unknown names.
+
+        Arguments:
+            **changes: field name -> new value.
+
+        Returns:
+            The new config.
+        """
+        return self.from_dict({**self.to_dict(), **changes})

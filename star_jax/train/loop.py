@@ -1,0 +1,274 @@
+"""Training one candidate end to end: init, scanned chunks of steps, periodic evaluation, result.
+A diverging candidate ends early with the worst score instead of raising."""
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from star_jax.train.config import TrainConfig
+from star_jax.train.optim import make_optimizer, make_schedule
+from star_jax.train.step import (
+    batch_keys,
+    evaluate_stacked,
+    final_train_loss,
+    make_sampled_scan_chunk,
+    make_scan_chunk,
+    make_train_step,
+    stack_test_batches,
+    step_batch_key,
+)
+
+MAX_CHUNK = 100
+"""Most steps run inside one jitted ``lax.scan`` between two host round trips."""
+
+_TRACE_ERRORS = (
+    jax.errors.ConcretizationTypeError,
+    jax.errors.TracerArrayConversionError,
+    jax.errors.TracerBoolConversionError,
+    jax.errors.TracerIntegerConversionError,
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainResult:
+    """What training one candidate produced.
+
+    Fields:
+        params: the final parameters (for a diverged run: the last finite ones).
+        metrics: ``{"train_loss": float, "test_loss": float, "test_accuracy": float,
+            "diverged": bool, "steps_run": int}``. ``train_loss`` is the mean over the last
+            ``TRAIN_LOSS_WINDOW`` steps; test metrics are token-level over the whole test set
+            after the last step. A diverged run reports ``train_loss = test_loss = inf`` and
+            ``test_accuracy = 0.0``.
+        curve: numpy arrays. Per step (length ``steps_run``): ``step`` (1-based: the k-th
+            update), ``train_loss``, ``train_accuracy``, ``grad_norm`` (before clipping), ``lr``.
+            Per evaluation: ``eval_step`` (updates done before it), ``test_loss``,
+            ``test_accuracy``. Non-finite losses are recorded as ``inf``.
+        config: the training config used.
+        seconds: wall-clock time of the run, compile included.
+    """
+
+    params: Any
+    metrics: dict[str, Any]
+    curve: dict[str, np.ndarray]
+    config: TrainConfig
+    seconds: float
+
+
+def _sampling_is_traceable(task, batch_size: int) -> bool:
+    try:
+        jax.eval_shape(lambda key: task.sample(key, batch_size), jax.random.key(0))
+    except _TRACE_ERRORS:
+        return False
+    return True
+
+
+def _chunk_plan(cfg: TrainConfig) -> tuple[int, list[tuple[int, int]]]:
+    """Chunk length and the ``(start, stop)`` step ranges; a range ends at every eval point."""
+    period = cfg.eval_every if cfg.eval_every > 0 else cfg.steps
+    length = min(MAX_CHUNK, period, cfg.steps)
+    cuts = set(range(length, cfg.steps, length)) | {cfg.steps}
+    if cfg.eval_every > 0:
+        cuts |= set(range(cfg.eval_every, cfg.steps, cfg.eval_every))
+    bounds = [0, *sorted(cuts)]
+    return length, list(zip(bounds[:-1], bounds[1:]))
+
+
+def _is_eval_point(cfg: TrainConfig, done: int) -> bool:
+    return done == cfg.steps or (cfg.eval_every > 0 and done % cfg.eval_every == 0)
+
+
+def _check_logits(apply_fn, params, task) -> None:
+    dummy = jnp.zeros((1, task.seq_len), jnp.int32)
+    shape = jax.eval_shape(apply_fn, params, dummy).shape
+    if len(shape) != 3 or shape[:2] != (1, task.seq_len) or shape[2] < task.vocab_size:
+        raise ValueError(
+            f"the model maps tokens [1, {task.seq_len}] to logits of shape {tuple(shape)}; "
+            f"expected [1, {task.seq_len}, vocab] with vocab >= the task's {task.vocab_size}"
+        )
+
+
+def _progress_bar(enabled: bool):
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    return Progress(
+        TextColumn("[progress.description]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TextColumn("{task.fields[info]}"),
+        disable=not enabled,
+    )
+
+
+def _fit(apply_fn, init_fn, task, cfg: TrainConfig, params, progress: bool) -> TrainResult:
+    start_time = time.perf_counter()
+    init_key, data_key = batch_keys(cfg.seed)
+    if params is None:
+        params = init_fn(init_key, jnp.zeros((1, task.seq_len), jnp.int32))
+    else:
+        params = jax.tree.map(jnp.array, params)  # a private copy: the chunks donate their input
+    _check_logits(apply_fn, params, task)
+
+    optimizer = make_optimizer(cfg)
+    opt_state = optimizer.init(params)
+    train_step = make_train_step(apply_fn, optimizer)
+    batch_size = cfg.batch_size
+    in_scan = _sampling_is_traceable(task, batch_size)
+    if in_scan:
+        chunk_fn = jax.jit(
+            make_sampled_scan_chunk(train_step, lambda key: task.sample(key, batch_size)),
+            donate_argnums=(0, 1),
+        )
+    else:
+        chunk_fn = jax.jit(make_scan_chunk(train_step), donate_argnums=(0, 1))
+    test_inputs, test_targets = stack_test_batches(task, cfg.eval_batch_size)
+
+    chunk_len, plan = _chunk_plan(cfg)
+    records: dict[str, list[np.ndarray]] = {"train_loss": [], "train_accuracy": [], "grad_norm": []}
+    evals: dict[str, list] = {"eval_step": [], "test_loss": [], "test_accuracy": []}
+    alive = jnp.asarray(True)
+    diverged = False
+    steps_run = 0
+    last_eval = {"loss": math.inf, "accuracy": 0.0}
+
+    with _progress_bar(progress) as bar:
+        bar_task = bar.add_task("train", total=cfg.steps, info="")
+        for start, stop in plan:
+            steps = np.arange(start, start + chunk_len, dtype=np.int32)  # padded to chunk_len
+            active = steps < stop
+            if in_scan:
+                args = (data_key, jnp.asarray(steps), jnp.asarray(active), alive)
+            else:
+                batches = [task.sample(step_batch_key(data_key, int(s)), batch_size) for s in steps]
+                inputs = jnp.stack([jnp.asarray(x, jnp.int32) for x, _ in batches])
+                targets = jnp.stack([jnp.asarray(y, jnp.int32) for _, y in batches])
+                args = (inputs, targets, jnp.asarray(active), alive)
+            params, opt_state, alive, metrics = chunk_fn(params, opt_state, *args)
+            metrics = jax.device_get(metrics)
+            n = stop - start
+            finite = np.asarray(metrics["finite"][:n])
+            if not finite.all():
+                n = int(np.argmin(finite)) + 1  # up to and including the first bad step
+                diverged = True
+            for name, source in (("train_loss", "loss"), ("train_accuracy", "accuracy"),
+                                 ("grad_norm", "grad_norm")):
+                records[name].append(np.asarray(metrics[source][:n], np.float64))
+            steps_run = start + n
+            info = f"loss {float(metrics['loss'][n - 1]):.4f}"
+            if not diverged and _is_eval_point(cfg, stop):
+                last_eval = evaluate_stacked(apply_fn, params, test_inputs, test_targets)
+                if not math.isfinite(last_eval["loss"]):
+                    diverged = True
+                evals["eval_step"].append(stop)
+                evals["test_loss"].append(last_eval["loss"])
+                evals["test_accuracy"].append(last_eval["accuracy"])
+                info += f"  test loss {last_eval['loss']:.4f}  acc {last_eval['accuracy']:.3f}"
+            bar.update(bar_task, completed=steps_run, info=info)
+            if diverged:
+                bar.update(bar_task, info=info + "  [red]diverged")
+                break
+
+    curve = {name: np.concatenate(parts) for name, parts in records.items()}
+    curve["train_loss"] = np.where(np.isfinite(curve["train_loss"]), curve["train_loss"], np.inf)
+    curve["step"] = np.arange(1, steps_run + 1, dtype=np.int64)
+    schedule = make_schedule(cfg)
+    curve["lr"] = np.asarray(jax.device_get(schedule(jnp.arange(steps_run, dtype=jnp.int32))),
+                             np.float64)
+    curve["eval_step"] = np.asarray(evals["eval_step"], np.int64)
+    curve["test_loss"] = np.where(np.isfinite(evals["test_loss"]), evals["test_loss"], np.inf)
+    curve["test_loss"] = np.asarray(curve["test_loss"], np.float64).reshape(-1)
+    curve["test_accuracy"] = np.asarray(evals["test_accuracy"], np.float64).reshape(-1)
+
+    if diverged:
+        metrics_out = {"train_loss": math.inf, "test_loss": math.inf, "test_accuracy": 0.0}
+    else:
+        metrics_out = {
+            "train_loss": final_train_loss(curve["train_loss"]),
+            "test_loss": float(last_eval["loss"]),
+            "test_accuracy": float(last_eval["accuracy"]),
+        }
+    metrics_out.update(diverged=diverged, steps_run=int(steps_run))
+    return TrainResult(
+        params=params,
+        metrics=metrics_out,
+        curve=curve,
+        config=cfg,
+        seconds=time.perf_counter() - start_time,
+    )
+
+
+def fit(model, task, train_cfg: TrainConfig, *, params=None, progress: bool = True) -> TrainResult:
+    """Train a Flax module on a task and evaluate it on the task's fixed test set.
+
+    Keys: ``init_key, data_key = batch_keys(train_cfg.seed)``; parameters (unless given) are
+    ``model.init(init_key, zeros[1, task.seq_len] int32)``; step ``s`` trains on
+    ``task.sample(fold_in(data_key, s), batch_size)`` with ``make_train_step``. Steps run in
+    jitted ``lax.scan`` chunks (batches sampled inside the scan when ``task.sample`` is
+    traceable, pre-sampled on the host otherwise: the same batches either way). The test set
+    is evaluated every ``eval_every`` steps and after the last. A non-finite training or test
+    loss stops the run: ``diverged=True``, losses ``inf``, accuracy 0. The same seed gives the
+    same result.
+
+    Arguments:
+        model: a ``flax.linen.Module`` mapping tokens [B, L] int32 to logits [B, L, V] with
+            ``V >= task.vocab_size``.
+        task: the task (``sample``, ``test_batches``, ``seq_len``, ``vocab_size``).
+        train_cfg: the training config.
+        params: start from these parameters instead of initialising (they are copied).
+        progress: show a progress bar.
+
+    Returns:
+        A ``TrainResult``.
+    """
+    if not isinstance(train_cfg, TrainConfig):
+        raise TypeError(f"train_cfg must be a TrainConfig, got {type(train_cfg).__name__}")
+    return _fit(model.apply, model.init, task, train_cfg, params, progress)
+
+
+def fit_model(model, task, train_cfg: TrainConfig | None = None, *, params=None,
+              progress: bool = True, **overrides) -> TrainResult:
+    """``fit`` for any Flax module users bring, with the config built from defaults + overrides.
+
+    Arguments:
+        model: a ``flax.linen.Module``: tokens [B, L] int32 -> logits [B, L, V].
+        task: the task.
+        train_cfg: base config (default ``TrainConfig()``).
+        params: optional starting parameters.
+        progress: show a progress bar.
+        **overrides: ``TrainConfig`` fields to change (unknown names raise ``ValueError``).
+
+    Returns:
+        A ``TrainResult``.
+    """
+    cfg = (train_cfg or TrainConfig()).replace(**overrides)
+    return fit(model, task, cfg, params=params, progress=progress)
+
+
+def train(genome, model_cfg, task, train_cfg: TrainConfig | None = None, *, params=None,
+          progress: bool = True, **overrides) -> TrainResult:
+    """Build the model of a genome and train it on a task (the public ``star_jax.train``).
+
+    Arguments:
+        genome: a ``Genome`` (or its text form).
+        model_cfg: the ``ModelConfig`` (width, vocabulary, ...); its vocabulary must cover the
+            task's.
+        task: the task.
+        train_cfg: base training config (default ``TrainConfig()``).
+        params: optional starting parameters.
+        progress: show a progress bar.
+        **overrides: ``TrainConfig`` fields to change, e.g. ``steps=500, lr=1e-3``.
+
+    Returns:
+        A ``TrainResult`` (see ``fit``).
+    """
+    from star_jax.model import build_model
+
+    model = build_model(genome, model_cfg)
+    return fit_model(model, task, train_cfg, params=params, progress=progress, **overrides)

@@ -25,6 +25,6 @@ __all__ = [
 from star_jax import tasks
 from star_jax.train import mad
 from star_jax.train import TrainConfig, TrainResult
-from star_jax.train.loop import train
+from star_jax import train  # a callable package: sj.train(genome, cfg, task, ...)
 
 __all__ += ["tasks", "mad", "TrainConfig", "TrainResult", "train"]

@@ -34,3 +34,8 @@ __all__ = [
     "step_batch_key",
     "train",
 ]
+
+# `star_jax.train(...)` is `star_jax.train.train(...)`; `star_jax.train.mad` stays a submodule.
+from star_jax._util.callable_module import make_callable as _make_callable
+
+_make_callable(__name__, train)

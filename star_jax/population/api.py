@@ -1,0 +1,191 @@
+"""`train_population`: train many genomes on one task at once, each with its own parameters and
+optimizer state, reproducing `star_jax.train` of every candidate alone."""
+from __future__ import annotations
+
+import time
+from typing import Any, Sequence
+
+import jax
+import jax.numpy as jnp
+
+from star_jax.genome import Genome
+from star_jax.model.config import ModelConfig
+from star_jax.model.model import build_model
+from star_jax.train.config import TrainConfig
+from star_jax.train.loop import train as train_one
+from star_jax.train.optim import make_optimizer
+from star_jax.train.step import batch_keys
+
+from .common import Engine, PopulationResult, TraceCounter, make_population_chunk, run_population, sample_in_scan
+from .memory import split_by_budget
+from .static import StaticForward, make_static_fns
+
+STRATEGIES = ("static", "data", "sequential")
+
+
+def _genomes(genomes) -> list[Genome]:
+    out = []
+    for g in genomes:
+        out.append(Genome.from_string(g) if isinstance(g, str) else g)
+    if not out:
+        raise ValueError("train_population needs at least one genome")
+    return out
+
+
+def _batch_placement(mesh):
+    """(constrain(inputs, targets) inside jit, place(stacked test array [N, B, L]) outside)."""
+    if mesh is None or "data" not in mesh.axis_names:
+        return (lambda i, t: (i, t)), (lambda x: x)
+    from jax.sharding import NamedSharding, PartitionSpec as P
+
+    rows = NamedSharding(mesh, P("data"))
+
+    def constrain(i, t):
+        return jax.lax.with_sharding_constraint(i, rows), jax.lax.with_sharding_constraint(t, rows)
+
+    return constrain, (lambda x: jax.device_put(x, NamedSharding(mesh, P(None, "data"))))
+
+
+def init_candidates(genomes: Sequence[Genome], cfg: ModelConfig, task, train_cfg: TrainConfig,
+                    init_params: Sequence[Any] | None = None):
+    """Each candidate's initial parameters, exactly as ``star_jax.train`` makes them.
+
+    Arguments:
+        genomes: the population.
+        cfg: the model config.
+        task: the task (for ``seq_len``).
+        train_cfg: the training config (its seed).
+        init_params: optional per-candidate starting parameters (None entries are initialised).
+
+    Returns:
+        ``(models, params_list)``.
+    """
+    init_key, _ = batch_keys(train_cfg.seed)
+    models = [build_model(g, cfg) for g in genomes]
+    params = []
+    for c, m in enumerate(models):
+        given = None if init_params is None else init_params[c]
+        if given is None:
+            params.append(m.init(init_key, jnp.zeros((1, task.seq_len), jnp.int32)))
+        else:
+            params.append(jax.tree.map(jnp.array, given))
+    return models, params
+
+
+def _run_static(genomes, cfg, task, train_cfg, mesh, init_params, progress):
+    t0 = time.perf_counter()
+    models, params_list = init_candidates(genomes, cfg, task, train_cfg, init_params)
+    optimizer = make_optimizer(train_cfg)
+    opt_list = [optimizer.init(p) for p in params_list]
+    t_init = time.perf_counter() - t0
+    counter = TraceCounter()
+    forward = StaticForward([m.program for m in models], params_list)
+    pop_step, eval_fn = make_static_fns(forward, optimizer, counter)
+    in_scan = sample_in_scan(task, train_cfg.batch_size)
+    bs = train_cfg.batch_size
+    sample_fn = (lambda key: task.sample(key, bs)) if in_scan else None
+    constrain, place = _batch_placement(mesh)
+    chunk = make_population_chunk(pop_step, sample_fn, constrain)
+    engine = Engine(
+        n=len(genomes),
+        state=(params_list, opt_list),
+        chunk_fn=jax.jit(counter.wrap(chunk), donate_argnums=(0, 1)),
+        eval_fn=jax.jit(eval_fn),
+        unpack_params=lambda p: list(p),
+        sample_in_scan=in_scan,
+        place_batch=place,
+    )
+    _, data_key = batch_keys(train_cfg.seed)
+    metrics, curves, params, times = run_population(engine, task, train_cfg, data_key, progress=progress)
+    times["init"] = t_init
+    return metrics, curves, params, counter.count, times
+
+
+def _run_sequential(genomes, cfg, task, train_cfg, init_params, progress):
+    metrics, curves, params = [], [], []
+    t0 = time.perf_counter()
+    for c, g in enumerate(genomes):
+        given = None if init_params is None else init_params[c]
+        r = train_one(g, cfg, task, train_cfg, params=given, progress=progress)
+        metrics.append(r.metrics)
+        curves.append(r.curve)
+        params.append(r.params)
+    return metrics, curves, params, 0, {"train": time.perf_counter() - t0}
+
+
+def train_population(genomes: Sequence[Genome | str], cfg: ModelConfig, task, train_cfg: TrainConfig | None = None,
+                     *, strategy: str = "static", mesh=None, memory_budget_bytes: int | None = None,
+                     keep_params: bool = False, init_params: Sequence[Any] | None = None,
+                     classes: Sequence[int] | None = None, progress: bool = False) -> PopulationResult:
+    """Train every genome of a population on ``task`` and evaluate it on the task's test set.
+
+    Each candidate gets what ``star_jax.train(genome, cfg, task, train_cfg)`` would give it
+    alone: the same initial parameters, batches, optimizer (AdamW with its own global-norm
+    clipping), evaluation, final metrics and divergence handling. A diverging candidate is
+    marked ``diverged=True`` with ``inf`` losses and stops changing; the others are unaffected.
+
+    Arguments:
+        genomes: P genomes (or their text), all with the same number of LIVs.
+        cfg: the model config shared by all candidates.
+        task: the task (``sample``, ``test_batches``, ``seq_len``, ``vocab_size``).
+        train_cfg: the training config (default ``TrainConfig()``).
+        strategy: ``"static"`` (group equal-signature slots and ``vmap`` them; one compile per
+            call; the GPU/TPU default), ``"data"`` (genomes as integer arrays, superset
+            parameters, ``lax.switch`` inside ``lax.map``; no recompilation across calls with
+            the same shapes; good on CPU) or ``"sequential"`` (``star_jax.train`` one candidate
+            after another: the reference).
+        mesh: optional ``jax.sharding.Mesh`` with axes ``("data",)`` or ``("candidates",
+            "data")``: the batch is sharded over ``"data"``; ``"data"`` strategy spreads
+            candidates over ``"candidates"``.
+        memory_budget_bytes: when ``estimate_memory_bytes`` of the population exceeds it, the
+            population is split into chunks trained one after another (same results).
+        keep_params: return each candidate's final parameters.
+        init_params: optional per-candidate starting parameters (None entries initialised as
+            ``star_jax.train`` does).
+        classes: ``"data"`` only: the LIV class pool the superset parameters cover (default:
+            every registered class that fits ``cfg``). Calls with the same pool, shapes and
+            config reuse one compiled step; a smaller pool compiles and runs faster.
+        progress: print progress.
+
+    Returns:
+        A ``PopulationResult`` (per-candidate metrics, curves, optional params, compile count,
+        timings).
+    """
+    if strategy not in STRATEGIES:
+        raise ValueError(f"strategy must be one of {STRATEGIES}, got {strategy!r}")
+    if not isinstance(cfg, ModelConfig):
+        raise TypeError(f"cfg must be a ModelConfig, got {type(cfg).__name__}")
+    train_cfg = train_cfg or TrainConfig()
+    if not isinstance(train_cfg, TrainConfig):
+        raise TypeError(f"train_cfg must be a TrainConfig, got {type(train_cfg).__name__}")
+    genomes = _genomes(genomes)
+    if init_params is not None and len(init_params) != len(genomes):
+        raise ValueError(f"init_params has {len(init_params)} entries for {len(genomes)} genomes")
+    start = time.perf_counter()
+    chunks = split_by_budget(genomes, cfg, train_cfg.batch_size, task.seq_len, memory_budget_bytes)
+    metrics: list = [None] * len(genomes)
+    curves: list = [None] * len(genomes)
+    params: list = [None] * len(genomes)
+    n_compiles = 0
+    timings: dict[str, float] = {}
+    for idx in chunks:
+        sub = [genomes[i] for i in idx]
+        sub_init = None if init_params is None else [init_params[i] for i in idx]
+        if strategy == "sequential":
+            out = _run_sequential(sub, cfg, task, train_cfg, sub_init, progress)
+        elif strategy == "static":
+            out = _run_static(sub, cfg, task, train_cfg, mesh, sub_init, progress)
+        else:
+            from .data import run_data
+
+            out = run_data(sub, cfg, task, train_cfg, mesh, sub_init, progress, classes)
+        m, cv, pr, nc, times = out
+        for j, i in enumerate(idx):
+            metrics[i], curves[i], params[i] = m[j], cv[j], pr[j]
+        n_compiles += nc
+        for k, v in times.items():
+            timings[k] = timings.get(k, 0.0) + v
+    timings["total"] = time.perf_counter() - start
+    timings["n_chunks"] = float(len(chunks))
+    return PopulationResult(metrics=metrics, curves=curves, params=params if keep_params else None,
+                            n_compiles=n_compiles, timings=timings, strategy=strategy)

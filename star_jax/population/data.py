@@ -1,0 +1,393 @@
+"""Genome-as-data: candidates are integer arrays over superset parameters, run by `lax.switch`
+inside `lax.map`, so new genomes of the same shapes reuse the compiled step (no recompilation)."""
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from typing import Any, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from star_jax.genome import Genome, get_liv_class, liv_classes
+from star_jax.model.config import ConfigError, ModelConfig
+from star_jax.model.model import RMSNorm
+from star_jax.model.program import FAMILY_BUILDERS, compile_genome
+from star_jax.train.config import TrainConfig
+from star_jax.train.optim import make_optimizer
+from star_jax.train.step import batch_keys, masked_loss_and_accuracy, masked_sums
+
+from .common import Engine, TraceCounter, candidate_update, make_population_chunk, run_population, sample_in_scan
+
+
+@dataclasses.dataclass(frozen=True)
+class Branch:
+    """One distinct (featurizer, mixer) pair of the class pool: a `lax.switch` branch.
+
+    Fields:
+        featurizer, mixer: the unbound modules.
+        feat_variant: index of the featurizer among the pool's distinct featurizers.
+        shareable: the featurizer's shareable groups (those a feature-group follower reuses).
+        stash_sizes: per shareable group, its per-token feature shape (after [batch, length]).
+    """
+
+    featurizer: nn.Module
+    mixer: nn.Module
+    feat_variant: int
+    shareable: tuple[str, ...]
+    stash_shapes: tuple[tuple[int, ...], ...]
+
+    @property
+    def stash_width(self) -> int:
+        return sum(math.prod(s) for s in self.stash_shapes)
+
+
+@dataclasses.dataclass(frozen=True)
+class Pool:
+    """The superset a "data" population runs over: every (featurizer, mixer) pair the class
+    pool produces under a config, and which branch each class id takes."""
+
+    cfg: ModelConfig
+    branches: tuple[Branch, ...]
+    featurizers: tuple[nn.Module, ...]
+    class_branch: tuple[tuple[int, int], ...]  # (class id, branch index)
+
+    @property
+    def stash_width(self) -> int:
+        return max([1] + [b.stash_width for b in self.branches])
+
+    def branch_of(self, class_id: int) -> int:
+        d = dict(self.class_branch)
+        if class_id not in d:
+            raise ValueError(f"LIV class {class_id} is not in the strategy='data' class pool "
+                             f"{sorted(d)} (pass classes=... covering every class of the population)")
+        return d[class_id]
+
+
+def make_pool(cfg: ModelConfig, seq_len: int, classes: Sequence[int] | None = None) -> Pool:
+    """The superset for ``classes`` (default: every registered class that fits ``cfg``).
+
+    Arguments:
+        cfg: the model config.
+        seq_len: sequence length (to measure feature shapes).
+        classes: LIV class ids; classes that cannot fit ``cfg`` are skipped when taken from
+            the registry and an error when given explicitly.
+
+    Returns:
+        A ``Pool``.
+    """
+    explicit = classes is not None
+    ids = sorted(set(classes)) if explicit else sorted(liv_classes())
+    branches: list[Branch] = []
+    feats: list[nn.Module] = []
+    pairs: dict[tuple, int] = {}
+    class_branch = []
+    h = jax.ShapeDtypeStruct((1, seq_len, cfg.width), jnp.float32)
+    for cid in ids:
+        cls = get_liv_class(cid)
+        try:
+            fm, mm = FAMILY_BUILDERS[cls.kind](0, cls, cfg)
+        except ConfigError:
+            if explicit:
+                raise
+            continue
+        if (fm, mm) not in pairs:
+            if fm not in feats:
+                feats.append(fm)
+            shapes = jax.eval_shape(lambda x, fm=fm: fm.init_with_output(jax.random.key(0), x)[0], h)
+            shareable = tuple(fm.shareable())
+            branches.append(Branch(fm, mm, feats.index(fm), shareable,
+                                   tuple(tuple(shapes[g].shape[2:]) for g in shareable)))
+            pairs[(fm, mm)] = len(branches) - 1
+        class_branch.append((cid, pairs[(fm, mm)]))
+    if not branches:
+        raise ConfigError(f"no LIV class of {ids} fits {cfg}")
+    return Pool(cfg, tuple(branches), tuple(feats), tuple(class_branch))
+
+
+_BASE_CACHE: dict[tuple, Any] = {}
+
+
+def _base_params(pool: Pool, n_liv: int, seq_len: int):
+    """Finite starting values of every superset entry (per slot: all featurizers, all mixers)."""
+    key = (pool, n_liv, seq_len)
+    if key not in _BASE_CACHE:
+        cfg = pool.cfg
+        h = jnp.zeros((1, seq_len, cfg.width), jnp.float32)
+        k = jax.random.key(0)
+        feat = []
+        for fm in pool.featurizers:
+            feat.append(jax.jit(lambda k, h, fm=fm: fm.init(k, h)["params"])(k, h))
+        mix = []
+        for b in pool.branches:
+            def init_mix(k, h, b=b):
+                f = b.featurizer.init_with_output(k, h)[0]
+                return b.mixer.init(k, f)["params"]
+            mix.append(jax.jit(init_mix)(k, h))
+        base = {
+            "norms": tuple({"scale": np.ones((cfg.width,), np.float32)} for _ in range(n_liv)),
+            "feat": tuple(tuple(jax.tree.map(np.asarray, f) for f in feat) for _ in range(n_liv)),
+            "mix": tuple(tuple(jax.tree.map(np.asarray, m) for m in mix) for _ in range(n_liv)),
+        }
+        _BASE_CACHE[key] = base
+    return _BASE_CACHE[key]
+
+
+def _scatter(dst: dict, src: dict, where: str) -> dict:
+    """A copy of ``dst`` with every leaf of ``src`` written in (``src`` is a sub-tree)."""
+    out = dict(dst)
+    for k, v in src.items():
+        if k not in dst:
+            raise ValueError(f"{where}: parameter {k!r} has no place in the superset {sorted(dst)}")
+        out[k] = _scatter(dst[k], v, f"{where}/{k}") if isinstance(v, dict) else np.asarray(v)
+    return out
+
+
+def encode(genome: Genome, pool: Pool) -> np.ndarray:
+    """A genome as data: int32 [3, n_liv] rows (branch index, featurizer-owner slot, feature
+    source slot or -1)."""
+    plan = genome.sharing()
+    branch = [pool.branch_of(s.liv_class) for s in genome.segments]
+    src = [-1 if s is None else s for s in plan.feature_source]
+    return np.asarray([branch, list(plan.featurizer_owner), src], np.int32)
+
+
+def to_superset(params: dict, genome: Genome, pool: Pool, base: dict) -> dict:
+    """Scatter one candidate's ``StarModel`` parameters into the superset layout."""
+    p = params["params"]
+    code = encode(genome, pool)
+    norms = list(base["norms"])
+    feat = [list(f) for f in base["feat"]]
+    mix = [list(m) for m in base["mix"]]
+    for i in range(len(genome)):
+        b = pool.branches[code[0, i]]
+        norms[i] = _scatter(norms[i], p[f"norms_{i}"], f"norms_{i}")
+        mix[i][code[0, i]] = _scatter(mix[i][code[0, i]], p[f"mixers_{i}"], f"mixers_{i}")
+        if code[1, i] == i:
+            feat[i][b.feat_variant] = _scatter(feat[i][b.feat_variant], p[f"featurizers_{i}"], f"featurizers_{i}")
+    return {
+        "embed": jax.tree.map(np.asarray, p["embed"]),
+        "final_norm": jax.tree.map(np.asarray, p["final_norm"]),
+        "head": jax.tree.map(np.asarray, p["head"]),
+        "norms": tuple(norms),
+        "feat": tuple(tuple(f) for f in feat),
+        "mix": tuple(tuple(m) for m in mix),
+    }
+
+
+def from_superset(sp: dict, genome: Genome, pool: Pool, like: dict) -> dict:
+    """The inverse of ``to_superset``: a candidate's ``StarModel`` parameters (structure of ``like``)."""
+    code = encode(genome, pool)
+
+    def pick(dst, src):
+        return {k: pick(v, src[k]) if isinstance(v, dict) else jnp.asarray(src[k]) for k, v in dst.items()}
+
+    out = {}
+    for name, sub in like["params"].items():
+        if name in ("embed", "final_norm", "head"):
+            out[name] = pick(sub, sp[name])
+        elif name.startswith("norms_"):
+            out[name] = pick(sub, sp["norms"][int(name[6:])])
+        elif name.startswith("mixers_"):
+            i = int(name[7:])
+            out[name] = pick(sub, sp["mix"][i][code[0, i]])
+        elif name.startswith("featurizers_"):
+            i = int(name[12:])
+            out[name] = pick(sub, sp["feat"][i][pool.branches[code[0, i]].feat_variant])
+    return {"params": out}
+
+
+class DataForward:
+    """One candidate's forward over superset parameters, its genome given as data.
+
+    ``self(sp, code [3, n_liv] int32, tokens [B, L]) -> logits [B, L, V]``; the per-slot op is a
+    ``lax.switch`` on the branch index (run inside ``lax.map`` over candidates, never vmap).
+    """
+
+    def __init__(self, pool: Pool, n_liv: int):
+        cfg = pool.cfg
+        self.pool, self.n_liv, self.cfg = pool, n_liv, cfg
+        self.embed = nn.Embed(cfg.vocab_size, cfg.width)
+        self.norm = RMSNorm(cfg.width, cfg.norm_eps)
+        self.head = nn.Dense(cfg.vocab_size, use_bias=False)
+
+    def _branch_fn(self, b: int):
+        br = self.pool.branches[b]
+        width = self.pool.stash_width
+
+        def fn(feat_stacked, mix_i, h, stash, owner, src):
+            fp = jax.tree.map(lambda a: a[owner], feat_stacked[br.feat_variant])  # the owner's weights
+            feats = br.featurizer.apply({"params": fp}, h)  # every group
+            bsz, length = h.shape[:2]
+            if br.shareable:
+                row = stash[jnp.maximum(src, 0)]  # [B, L, width]: the leader's shareable features
+                off = 0
+                for g, shp in zip(br.shareable, br.stash_shapes):
+                    size = math.prod(shp)
+                    shared = row[..., off:off + size].reshape((bsz, length) + shp)
+                    feats[g] = jnp.where(src >= 0, shared, feats[g])
+                    off += size
+                flat = jnp.concatenate([feats[g].reshape(bsz, length, -1) for g in br.shareable], axis=-1)
+                flat = jnp.pad(flat, ((0, 0), (0, 0), (0, width - flat.shape[-1])))
+            else:
+                flat = jnp.zeros((bsz, length, width), h.dtype)
+            y = br.mixer.apply({"params": mix_i[b]}, feats)
+            return y, flat
+
+        return fn
+
+    def __call__(self, sp: dict, code: jax.Array, tokens: jax.Array) -> jax.Array:
+        """Logits [B, L, V] of one candidate (``code`` from ``encode``, ``sp`` its superset)."""
+        x = self.embed.apply({"params": sp["embed"]}, tokens)  # [B, L, D]
+        bsz, length = tokens.shape
+        n = self.n_liv
+        stack = lambda trees: jax.tree.map(lambda *xs: jnp.stack(xs), *trees)  # noqa: E731
+        # slot-stacked views [n_liv, ...]: the slots run as one lax.scan (one switch to compile)
+        feat_stacked = tuple(stack([sp["feat"][j][f] for j in range(n)]) for f in range(len(self.pool.featurizers)))
+        mix_stacked = tuple(stack([sp["mix"][j][b] for j in range(n)]) for b in range(len(self.pool.branches)))
+        norm_stacked = stack(list(sp["norms"]))
+        branches = [self._branch_fn(b) for b in range(len(self.pool.branches))]
+
+        def body(carry, xs):
+            x, stash = carry  # x: [B, L, D]; stash: [n_liv, B, L, width]
+            norm_p, mix_i, branch, owner, src, i = xs
+            h = self.norm.apply({"params": norm_p}, x)
+            y, flat = jax.lax.switch(branch, branches, feat_stacked, mix_i, h, stash, owner, src)
+            stash = jax.lax.dynamic_update_index_in_dim(stash, flat, i, 0)
+            return (x + y, stash), None
+
+        stash = jnp.zeros((n, bsz, length, self.pool.stash_width), x.dtype)
+        xs = (norm_stacked, mix_stacked, code[0], code[1], code[2], jnp.arange(n, dtype=jnp.int32))
+        (x, _), _ = jax.lax.scan(body, (x, stash), xs)
+        x = self.norm.apply({"params": sp["final_norm"]}, x)
+        return self.head.apply({"params": sp["head"]}, x).astype(jnp.float32)
+
+
+def make_data_fns(forward: DataForward, optimizer, counter: TraceCounter):
+    """The population step and eval for genome-as-data (``lax.map`` over candidates).
+
+    Returns:
+        ``(pop_step, eval_fn)`` with the population state ``(sp, codes [P, 3, n_liv])`` as the
+        parameters argument and the optimizer state stacked over [P].
+    """
+
+    def loss_fn(sp, code, inputs, targets):
+        return masked_loss_and_accuracy(forward(sp, code, inputs), targets)
+
+    grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+
+    def pop_step(state, opt_state, inputs, targets, active):
+        sp_all, codes = state
+
+        def one(xs):
+            sp, opt, code, act = xs
+            (loss, (n_correct, n_counted)), grads = grad_fn(sp, code, inputs, targets)
+            return candidate_update(optimizer, sp, opt, grads, loss, n_correct, n_counted, act)
+
+        sp_all, opt_state, metrics = jax.lax.map(one, (sp_all, opt_state, codes, active))
+        return (sp_all, codes), opt_state, metrics
+
+    def eval_fn(state, inputs, targets):
+        sp_all, codes = state
+
+        def one(xs):
+            sp, code = xs
+
+            def body(carry, batch):
+                bi, bt = batch
+                s, c, n = masked_sums(forward(sp, code, bi), bt)
+                return (carry[0] + s, carry[1] + c, carry[2] + n), None
+
+            zi = jnp.zeros((), jnp.int32)
+            sums, _ = jax.lax.scan(body, (jnp.zeros((), jnp.float32), zi, zi), (inputs, targets))
+            return sums
+
+        return jax.lax.map(one, (sp_all, codes))
+
+    return pop_step, counter.wrap(eval_fn)
+
+
+_FN_CACHE: dict[tuple, tuple] = {}
+
+
+def _spread_over_candidates(chunk, eval_fn, mesh):
+    """``shard_map`` the chunk and eval over the mesh's "candidates" axis (manual there, every
+    other axis automatic): each device trains its slice of the population with ``lax.map``."""
+    from jax.sharding import PartitionSpec as P
+
+    c = P("candidates")
+    rep = P()
+    kw = dict(mesh=mesh, axis_names=frozenset({"candidates"}), check_vma=False)
+    chunk = jax.shard_map(chunk, in_specs=((c, c), c, rep, rep, rep, c),
+                          out_specs=((c, c), c, c, P(None, "candidates")), **kw)
+    eval_fn = jax.shard_map(eval_fn, in_specs=((c, c), rep, rep), out_specs=(c, c, c), **kw)
+    return chunk, eval_fn
+
+
+def _compiled(pool: Pool, n_liv: int, task, train_cfg: TrainConfig, mesh):
+    """The jitted chunk and eval for a pool, cached across calls (same shapes: no recompile)."""
+    key = (pool, n_liv, task, train_cfg, mesh)
+    if key not in _FN_CACHE:
+        from .api import _batch_placement
+
+        counter = TraceCounter()
+        optimizer = make_optimizer(train_cfg)
+        pop_step, eval_fn = make_data_fns(DataForward(pool, n_liv), optimizer, counter)
+        in_scan = sample_in_scan(task, train_cfg.batch_size)
+        bs = train_cfg.batch_size
+        sample_fn = (lambda k: task.sample(k, bs)) if in_scan else None
+        constrain, place = _batch_placement(mesh)
+        spread = mesh is not None and "candidates" in mesh.axis_names
+        if spread:  # candidates over devices; inside, each device maps over its own candidates
+            constrain = lambda i, t: (i, t)  # noqa: E731  (the "data" axis stays automatic)
+        chunk = make_population_chunk(pop_step, sample_fn, constrain)
+        if spread:
+            chunk, eval_fn = _spread_over_candidates(chunk, eval_fn, mesh)
+        _FN_CACHE[key] = (jax.jit(counter.wrap(chunk), donate_argnums=(0, 1)), jax.jit(eval_fn),
+                          optimizer, counter, in_scan, place)
+    return _FN_CACHE[key]
+
+
+def run_data(genomes, cfg, task, train_cfg, mesh, init_params, progress, classes=None):
+    """Train a population with strategy="data"; returns ``(metrics, curves, params, n_compiles,
+    timings)`` as the other strategies."""
+    from .api import init_candidates
+
+    t0 = time.perf_counter()
+    n_liv = len(genomes[0])
+    if any(len(g) != n_liv for g in genomes):
+        raise ValueError(f"all genomes of a population must have the same number of LIVs, got "
+                         f"{sorted({len(g) for g in genomes})}")
+    if mesh is not None and "candidates" in mesh.axis_names and len(genomes) % mesh.shape["candidates"]:
+        raise ValueError(f"strategy='data' spreads candidates over the mesh axis 'candidates' of size "
+                         f"{mesh.shape['candidates']}; the population ({len(genomes)}) must be a multiple of it")
+    pool = make_pool(cfg, task.seq_len, classes)
+    for g in genomes:
+        compile_genome(g, cfg)  # readable errors for genomes cfg cannot fit
+    models, params_list = init_candidates(genomes, cfg, task, train_cfg, init_params)
+    base = _base_params(pool, n_liv, task.seq_len)
+    sps = [to_superset(p, g, pool, base) for p, g in zip(params_list, genomes)]
+    sp_all = jax.tree.map(lambda *xs: jnp.asarray(np.stack(xs)), *sps)
+    codes = jnp.asarray(np.stack([encode(g, pool) for g in genomes]))
+    chunk_fn, eval_fn, optimizer, counter, in_scan, place = _compiled(pool, n_liv, task, train_cfg, mesh)
+    opt_state = jax.vmap(optimizer.init)(sp_all)
+    t_init = time.perf_counter() - t0
+    before = counter.count
+    engine = Engine(
+        n=len(genomes),
+        state=((sp_all, codes), opt_state),
+        chunk_fn=chunk_fn,
+        eval_fn=eval_fn,
+        unpack_params=lambda st: [
+            from_superset(jax.tree.map(lambda a, c=c: a[c], st[0]), g, pool, like)
+            for c, (g, like) in enumerate(zip(genomes, params_list))],
+        sample_in_scan=in_scan,
+        place_batch=place,
+    )
+    _, data_key = batch_keys(train_cfg.seed)
+    metrics, curves, params, times = run_population(engine, task, train_cfg, data_key, progress=progress)
+    times["init"] = t_init
+    return metrics, curves, params, counter.count - before, times

@@ -1,0 +1,195 @@
+"""Tests of the population engine: every strategy reproduces `star_jax.train` per candidate, the
+compile counts, divergence isolation, memory chunking and (simulated) multi-device meshes."""
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+import textwrap
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import star_jax as sj
+from star_jax import tasks
+from star_jax.population import PopulationResult, estimate_memory_bytes, train_population
+from star_jax.train import TrainConfig, batch_keys
+
+# Three genomes with every kind of sharing: featurizer sharing + feature-group sharing of a
+# differential recurrence (A), featurizer sharing across positions (B), shared K/V of attention
+# (C); A and C run slot 2 as one vmapped group under "static".
+GENOMES = ("14.1.2.1.2-14.1.2.1.2-5.1.1.1.1", "15.1.2.2.1-14.2.1.2.1-15.1.2.1.1", "1.1.1.1.2-1.1.1.1.2-5.1.1.1.1")
+OTHER = "5.1.1.1.1-9.1.1.1.1-15.1.1.1.1"
+CLASSES = (1, 5, 9, 14, 15)
+RTOL = 1e-4
+
+
+@pytest.fixture(scope="module")
+def setting():
+    task = tasks.make("in_context_recall", vocab_size=16, seq_len=16, num_train=256, num_test=32)
+    cfg = sj.ModelConfig(width=16, vocab_size=16, max_len=task.seq_len, head_dim=4, window=8)
+    tc = TrainConfig(steps=4, batch_size=4, warmup_steps=2, eval_every=2, eval_batch_size=16)
+    return task, cfg, tc
+
+
+@pytest.fixture(scope="module")
+def sequential(setting):
+    task, cfg, tc = setting
+    return train_population(GENOMES, cfg, task, tc, strategy="sequential")
+
+
+@pytest.fixture(scope="module")
+def static(setting):
+    task, cfg, tc = setting
+    return train_population(GENOMES, cfg, task, tc, strategy="static", keep_params=True)
+
+
+@pytest.fixture(scope="module")
+def data(setting):
+    task, cfg, tc = setting
+    return train_population(GENOMES, cfg, task, tc, strategy="data", classes=CLASSES, keep_params=True)
+
+
+def _assert_same(result: PopulationResult, reference: PopulationResult, rtol: float, idx=None):
+    idx = range(len(reference.metrics)) if idx is None else idx
+    for c in idx:
+        got, want = result.metrics[c], reference.metrics[c]
+        assert set(got) == set(want)
+        assert got["diverged"] == want["diverged"] and got["steps_run"] == want["steps_run"]
+        for k in ("train_loss", "test_loss", "test_accuracy"):
+            np.testing.assert_allclose(got[k], want[k], rtol=rtol, err_msg=f"candidate {c} {k}")
+        assert set(result.curves[c]) == set(reference.curves[c])
+        for k, v in reference.curves[c].items():
+            np.testing.assert_allclose(result.curves[c][k], v, rtol=rtol, atol=1e-7, err_msg=f"candidate {c} curve {k}")
+
+
+def test_genomes_exercise_sharing(setting):
+    _, cfg, _ = setting
+    programs = [sj.compile_genome(sj.Genome.from_string(g), cfg) for g in GENOMES]
+    assert any(s.featurizer_owner != s.index for p in programs for s in p.slots)
+    assert any(s.feature_source is not None and not s.readonly_cache for p in programs for s in p.slots)
+    assert any(s.readonly_cache for p in programs for s in p.slots)
+    assert programs[0].slots[2].signature == programs[2].slots[2].signature
+
+
+def test_static_matches_train_per_candidate(static, sequential):
+    assert static.strategy == "static"
+    _assert_same(static, sequential, RTOL)
+    assert all(len(c["train_loss"]) == 4 and len(c["test_loss"]) == 2 for c in static.curves)
+    # one compile of the training step and one of the eval, whatever the population
+    assert static.n_compiles <= 2
+
+
+def test_data_matches_train_per_candidate(data, sequential):
+    _assert_same(data, sequential, RTOL)
+    assert data.n_compiles <= 2
+
+
+def test_final_params_match(static, data, setting):
+    task, cfg, tc = setting
+    ref = sj.train(GENOMES[0], cfg, task, tc, progress=False).params
+    for res in (static, data):
+        got = res.params[0]
+        assert jax.tree.structure(got) == jax.tree.structure(ref)
+        for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(ref)):
+            np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-3, atol=1e-6)
+
+
+def test_data_new_genomes_do_not_recompile(data, setting):
+    task, cfg, tc = setting
+    swapped = (GENOMES[2], OTHER, GENOMES[0])
+    again = train_population(swapped, cfg, task, tc, strategy="data", classes=CLASSES)
+    assert again.n_compiles == 0
+    np.testing.assert_allclose(again.curves[0]["train_loss"], data.curves[2]["train_loss"], rtol=1e-6)
+    np.testing.assert_allclose(again.curves[2]["train_loss"], data.curves[0]["train_loss"], rtol=1e-6)
+    alone = sj.train(OTHER, cfg, task, tc, progress=False)
+    np.testing.assert_allclose(again.curves[1]["train_loss"], alone.curve["train_loss"], rtol=RTOL)
+
+
+def _poisoned_init(setting, genome):
+    task, cfg, tc = setting
+    init_key, _ = batch_keys(tc.seed)
+    params = sj.build_model(genome, cfg).init(init_key, jnp.zeros((1, task.seq_len), jnp.int32))
+    return jax.tree.map(lambda x: x * jnp.nan, params)
+
+
+@pytest.mark.parametrize("strategy", ["static", "data"])
+def test_diverging_candidate_is_isolated(strategy, static, data, setting):
+    task, cfg, tc = setting
+    clean = static if strategy == "static" else data
+    init = [None, None, _poisoned_init(setting, GENOMES[2])]  # vmapped with candidate 0 at slot 2
+    res = train_population(GENOMES, cfg, task, tc, strategy=strategy, init_params=init, classes=CLASSES)
+    bad = res.metrics[2]
+    assert bad["diverged"] and bad["steps_run"] == 1
+    assert bad["train_loss"] == math.inf and bad["test_loss"] == math.inf and bad["test_accuracy"] == 0.0
+    for c in (0, 1):  # bit-identical to the run without the poisoned candidate
+        assert res.metrics[c] == clean.metrics[c]
+        for k, v in clean.curves[c].items():
+            np.testing.assert_array_equal(res.curves[c][k], v)
+
+
+def test_memory_estimate_and_chunking(static, setting):
+    task, cfg, tc = setting
+    genomes = [sj.Genome.from_string(g) for g in GENOMES]
+    one = estimate_memory_bytes(genomes[:1], cfg, tc.batch_size, task.seq_len)
+    assert one > 4 * 4 * sj.param_count(genomes[0], cfg)  # at least params + grads + Adam
+    assert estimate_memory_bytes(genomes[:1], cfg, 2 * tc.batch_size, task.seq_len) > one
+    total = estimate_memory_bytes(genomes, cfg, tc.batch_size, task.seq_len)
+    assert total == sum(estimate_memory_bytes([g], cfg, tc.batch_size, task.seq_len) for g in genomes)
+    budget = max(estimate_memory_bytes([g], cfg, tc.batch_size, task.seq_len) for g in genomes)
+    res = train_population(GENOMES, cfg, task, tc, strategy="static", memory_budget_bytes=budget)
+    assert res.timings["n_chunks"] == 3  # one candidate per chunk, run one after another
+    _assert_same(res, static, 1e-5)
+
+
+def test_readable_errors(setting):
+    task, cfg, tc = setting
+    with pytest.raises(ValueError, match="strategy"):
+        train_population(GENOMES, cfg, task, tc, strategy="vmap")
+    with pytest.raises(ValueError, match="class pool"):
+        train_population(GENOMES, cfg, task, tc, strategy="data", classes=(1, 5))
+    with pytest.raises(ValueError, match="same number of LIVs"):
+        train_population([GENOMES[0], "9.1.1.1.1"], cfg, task, tc, strategy="static")
+
+
+_MESH_SCRIPT = textwrap.dedent("""
+    import json, sys
+    import jax, numpy as np
+    jax.config.update("jax_numpy_dtype_promotion", "strict")
+    jax.config.update("jax_numpy_rank_promotion", "raise")
+    import star_jax as sj
+    from star_jax import tasks
+    from star_jax.population import train_population
+    from star_jax.train import TrainConfig
+    genomes, classes = json.loads(sys.argv[1])
+    assert len(jax.devices()) == 8
+    task = tasks.make("in_context_recall", vocab_size=16, seq_len=16, num_train=256, num_test=32)
+    cfg = sj.ModelConfig(width=16, vocab_size=16, max_len=task.seq_len, head_dim=4, window=8)
+    tc = TrainConfig(steps=2, batch_size=4, warmup_steps=1, eval_batch_size=16)
+    devs = np.array(jax.devices())
+    out = {}
+    for strategy, mesh in (("static", jax.sharding.Mesh(devs[:4], ("data",))),
+                           ("data", jax.sharding.Mesh(devs.reshape(2, 4), ("candidates", "data")))):
+        for name, m in (("one", None), ("mesh", mesh)):
+            r = train_population(genomes, cfg, task, tc, strategy=strategy, mesh=m, classes=classes)
+            out[strategy + "_" + name] = [c["train_loss"].tolist() + c["test_loss"].tolist() for c in r.curves]
+    print("RESULT " + json.dumps(out))
+""")
+
+
+@pytest.mark.slow
+def test_mesh_of_8_simulated_devices_matches_one_device():
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu",
+               PYTHONPATH=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    genomes = [GENOMES[0], GENOMES[2]]
+    out = subprocess.run([sys.executable, "-c", _MESH_SCRIPT, json.dumps([genomes, list(CLASSES)])],
+                         capture_output=True, text=True, env=env, timeout=1200)
+    lines = [ln for ln in out.stdout.splitlines() if ln.startswith("RESULT ")]
+    assert lines, out.stderr[-3000:]
+    res = json.loads(lines[-1][len("RESULT "):])
+    for strategy in ("static", "data"):
+        np.testing.assert_allclose(res[strategy + "_mesh"], res[strategy + "_one"], rtol=1e-5)

@@ -28,3 +28,6 @@ from star_jax.train import TrainConfig, TrainResult
 from star_jax import train  # a callable package: sj.train(genome, cfg, task, ...)
 
 __all__ += ["tasks", "mad", "TrainConfig", "TrainResult", "train"]
+from star_jax.population import train_population, PopulationResult
+
+__all__ += ["train_population", "PopulationResult"]

@@ -1,5 +1,5 @@
-"""Multi-objective evolution of genomes: NSGA-II, hypervolume, objectives, ask/tell strategy.
-Pure numpy and generic over flat integer genomes; genome operators are passed in as callables."""
+"""Multi-objective evolution of genomes: NSGA-II, hypervolume, objectives, the resumable run loop.
+The building blocks are pure numpy over flat integer genomes; `evolve` runs them on real training."""
 from star_jax.evolve.ask_tell import (
     NSGA2,
     NSGA2State,
@@ -22,6 +22,10 @@ from star_jax.evolve.nsga2 import (
     tournament_select,
     total_violation,
 )
+from star_jax.evolve.config import EvolveConfig
+from star_jax.evolve.latency import measure_decode_latency
+from star_jax.evolve.loop import EvolveResult, evolve, load_run
+from star_jax.evolve.report import write_report
 from star_jax.evolve.objectives import (
     Constraint,
     Objective,
@@ -33,6 +37,12 @@ from star_jax.evolve.objectives import (
 )
 
 __all__ = [
+    "EvolveConfig",
+    "EvolveResult",
+    "evolve",
+    "load_run",
+    "measure_decode_latency",
+    "write_report",
     "NSGA2",
     "NSGA2State",
     "Constraint",

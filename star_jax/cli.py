@@ -1,0 +1,234 @@
+"""The `star-jax` command: evolve (resumable runs), train one genome, describe a genome, report a run.
+User errors (bad genome, unknown task, bad config, config mismatch) print one line and exit with 2."""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import pathlib
+import sys
+import warnings
+
+__all__ = ["main", "setup_compilation_cache"]
+
+USAGE_ERROR = 2
+
+
+class CliError(Exception):
+    """A user error: printed as one line to stderr, exit status 2."""
+
+
+def setup_compilation_cache() -> str | None:
+    """Turns on JAX's persistent compilation cache for this process.
+
+    The directory is ``$STAR_JAX_CACHE_DIR`` if set (``off`` disables the cache), else
+    ``star_jax/jax`` under ``$XDG_CACHE_HOME`` (default ``~/.cache``).
+
+    Returns:
+        The cache directory, or None when disabled.
+    """
+    import jax
+
+    path = os.environ.get("STAR_JAX_CACHE_DIR")
+    if path is not None and path.strip().lower() in ("", "0", "off", "none"):
+        return None
+    if not path:
+        base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+        path = os.path.join(base, "star_jax", "jax")
+    try:
+        os.makedirs(path, exist_ok=True)
+    except OSError:
+        return None
+    jax.config.update("jax_compilation_cache_dir", path)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+    return path
+
+
+def _one_line(e: BaseException) -> str:
+    text = str(e.args[0]) if isinstance(e, KeyError) and e.args else str(e)
+    lines = [s.strip() for s in text.strip().splitlines() if s.strip()]
+    return "; ".join(lines) if lines else type(e).__name__
+
+
+def _genome(text: str):
+    from star_jax.genome import Genome
+
+    text = text.strip()
+    g = Genome.from_json(text) if text.startswith("[") else Genome.from_string(text)
+    return g.validate()
+
+
+def _task_value(text: str):
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
+
+
+def _task_args(pairs) -> dict:
+    out = {}
+    for pair in pairs or ():
+        if "=" not in pair:
+            raise CliError(f"--task-arg {pair!r} is not of the form key=value")
+        key, value = pair.split("=", 1)
+        out[key.strip()] = _task_value(value.strip())
+    return out
+
+
+# ---------------------------------------------------------------------------------- commands
+def cmd_evolve(args) -> int:
+    from star_jax.evolve import EvolveConfig, evolve, write_report
+
+    config = EvolveConfig.from_file(args.config) if args.config else EvolveConfig.quick()
+    changes = {}
+    if args.generations is not None:
+        changes["generations"] = args.generations
+    if args.seed is not None:
+        changes["seed"] = args.seed
+    if changes:
+        config = config.replace(**changes)
+    run_dir = args.run_dir or os.path.join("runs", "quick" if not args.config else pathlib.Path(args.config).stem)
+    setup_compilation_cache()
+    result = evolve(config, run_dir, progress=not args.no_progress)
+    if args.no_progress:
+        from star_jax.evolve.report import print_front
+
+        print_front(result)
+    paths = write_report(run_dir)
+    print(f"run directory: {result.run_dir}")
+    print("report: " + ", ".join(str(p) for p in paths))
+    return 0
+
+
+def cmd_train(args) -> int:
+    from star_jax import tasks
+    from star_jax.model import ModelConfig
+    from star_jax.train import TrainConfig, train
+
+    genome = _genome(args.genome)
+    task = tasks.make(args.task, **_task_args(args.task_arg))
+    head_dim = args.head_dim or min(16, args.width)
+    cfg = ModelConfig(width=args.width, vocab_size=task.vocab_size, max_len=task.seq_len, head_dim=head_dim)
+    train_changes = {k: v for k, v in (("steps", args.steps), ("batch_size", args.batch_size), ("lr", args.lr),
+                                       ("seed", args.seed)) if v is not None}
+    base = TrainConfig()
+    if "steps" in train_changes:
+        train_changes.setdefault("warmup_steps", min(base.warmup_steps, train_changes["steps"]))
+    train_cfg = base.replace(**train_changes)
+    setup_compilation_cache()
+    result = train(genome, cfg, task, train_cfg, progress=not args.no_progress)
+    print(genome.short())
+    for key, value in result.metrics.items():
+        print(f"{key}: {value}")
+    print(f"seconds: {result.seconds:.1f}")
+    return 0
+
+
+def cmd_describe(args) -> int:
+    from star_jax.metrics import cache_bytes, param_count
+    from star_jax.model import ModelConfig
+
+    genome = _genome(args.genome)
+    head_dim = args.head_dim or min(16, args.width)
+    cfg = ModelConfig(width=args.width, vocab_size=args.vocab, max_len=args.seq_len, head_dim=head_dim)
+    print(genome.describe())
+    print(f"params: {param_count(genome, cfg):,} (width {cfg.width}, vocab {cfg.vocab_size})")
+    print(f"cache bytes: {cache_bytes(genome, cfg, seq_len=args.cache_seq_len, bytes_per_elem=2):,} "
+          f"(sequence {args.cache_seq_len}, 16-bit, batch 1)")
+    return 0
+
+
+def cmd_report(args) -> int:
+    from star_jax.evolve import write_report
+
+    if not (pathlib.Path(args.run_dir) / "config.json").exists():
+        raise CliError(f"{args.run_dir} is not a run directory (no config.json)")
+    for path in write_report(args.run_dir):
+        print(path)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of ``star-jax``.
+
+    Returns:
+        The parser.
+    """
+    parser = argparse.ArgumentParser(prog="star-jax", description="STAR: evolve sequence-model backbones in JAX.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("evolve", help="run or resume an evolution (no arguments: a quick default run)")
+    p.add_argument("--config", help="evolution config JSON (default: the quick built-in run)")
+    p.add_argument("--run-dir", help="run directory (default: runs/quick, or runs/<config name>); "
+                                     "re-running resumes it")
+    p.add_argument("--generations", type=int, help="override the number of offspring generations")
+    p.add_argument("--seed", type=int, help="override the evolution seed")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.set_defaults(func=cmd_evolve)
+
+    p = sub.add_parser("train", help="train one genome on a task and print its metrics")
+    p.add_argument("genome", help="genome text, e.g. 1.1.1.1.1-9.1.1.1.1")
+    p.add_argument("--task", required=True, help="task name, e.g. in_context_recall")
+    p.add_argument("--task-arg", action="append", metavar="KEY=VALUE", help="task config field (repeatable)")
+    p.add_argument("--steps", type=int)
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--lr", type=float)
+    p.add_argument("--seed", type=int)
+    p.add_argument("--width", type=int, default=64)
+    p.add_argument("--head-dim", type=int)
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("describe", help="describe a genome with its parameters and cache bytes")
+    p.add_argument("genome", help="genome text, e.g. 1.1.1.1.1-9.1.1.1.1")
+    p.add_argument("--width", type=int, default=64)
+    p.add_argument("--head-dim", type=int)
+    p.add_argument("--vocab", type=int, default=32)
+    p.add_argument("--seq-len", type=int, default=128, help="the model's max_len")
+    p.add_argument("--cache-seq-len", type=int, default=4096, help="sequence length of the cache count")
+    p.set_defaults(func=cmd_describe)
+
+    p = sub.add_parser("report", help="write PNG plots and a summary of a run directory")
+    p.add_argument("run_dir")
+    p.set_defaults(func=cmd_report)
+    return parser
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None):
+    print(f"warning: {_one_line(message) if isinstance(message, BaseException) else message}",
+          file=sys.stderr)
+
+
+def main(argv=None) -> int:
+    """Entry point of ``star-jax``.
+
+    Arguments:
+        argv: arguments (default ``sys.argv[1:]``).
+
+    Returns:
+        The exit status (0 ok, 2 user error, 130 interrupted). Set ``STAR_JAX_DEBUG=1`` to get
+        the traceback of an error instead of its one-line message.
+    """
+    from star_jax.evolve.config import ConfigFieldError
+    from star_jax.genome import GenomeError
+    from star_jax.io import CheckpointError, RunDirError
+    from star_jax.model import ConfigError
+
+    args = build_parser().parse_args(argv)
+    warnings.showwarning = _show_warning
+    user_errors = (CliError, GenomeError, ConfigFieldError, ConfigError, RunDirError, CheckpointError,
+                   KeyError, ValueError, FileNotFoundError)
+    try:
+        return int(args.func(args) or 0)
+    except KeyboardInterrupt:
+        print("interrupted; run the same command again to resume", file=sys.stderr)
+        return 130
+    except user_errors as e:
+        if os.environ.get("STAR_JAX_DEBUG"):
+            raise
+        print(f"star-jax {args.command}: error: {_one_line(e)}", file=sys.stderr)
+        return USAGE_ERROR
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,332 @@
+"""The configuration of one evolution run: a frozen, validated record that round-trips through JSON.
+Everything that changes a run's results lives here, so a run directory resumes only with the same one."""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+from typing import Any, Mapping
+
+from star_jax.evolve.objectives import Constraint, get_objective
+from star_jax.model.config import ModelConfig
+from star_jax.train.config import TrainConfig
+
+__all__ = ["EvolveConfig", "ConfigFieldError", "STRATEGIES", "quick"]
+
+STRATEGIES = ("auto", "static", "data", "sequential")
+"""Population-engine strategies (see ``star_jax.population.train_population``); "auto" picks
+"static" on GPU/TPU and "data" on CPU when the call is made."""
+
+
+class ConfigFieldError(ValueError):
+    """An evolution config field is unknown or has an invalid value (the message names it)."""
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_real(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+@dataclasses.dataclass(frozen=True)
+class EvolveConfig:
+    """One evolution run: search space, fitness task and budget, NSGA-II settings, objectives.
+
+    Fields:
+        model: the ``ModelConfig`` every candidate is built with (its vocabulary must cover the
+            task's, its ``max_len`` the task's sequence length).
+        task: ``{"name": registered task name, **task config fields}``.
+        train: the ``TrainConfig`` of every candidate (same seed: same init and batches).
+        n_liv: backbone length (LIVs per genome), fixed during a run.
+        pop_size: NSGA-II population size (paper: 16).
+        generations: offspring generations after the initial population (paper: 18); a run
+            evaluates ``generations + 1`` batches of genomes.
+        mutation_prob: per-gene mutation probability (paper: 0.1).
+        crossover_points: cut points of the k-point crossover (paper: 2).
+        elitism: best parents that always survive (paper: 2).
+        objectives: registered objective names, all minimised (see ``objective_names()``).
+        constraints: ``({"objective": name, "max_value": float}, ...)`` upper bounds, handled
+            feasibility-first.
+        cache_seq_len: sequence length at which the ``cache_bytes`` objective is counted.
+        cache_bytes_per_elem: bytes per cache element (2: 16-bit).
+        seed: seed of the evolution (initial population, variation); training uses ``train.seed``.
+        strategy: population-engine strategy, one of ``STRATEGIES``; used when the engine (and
+            the strategy) is available, otherwise candidates are trained one by one with
+            ``star_jax.train`` (every strategy gives each candidate the metrics of training it
+            alone, so results do not depend on it beyond float rounding).
+        seed_genomes: genome texts placed first in the initial population (the rest is random).
+        seed_baselines: also seed the initial population with the baselines of this ``n_liv``.
+        baselines: evaluate Transformer++, StripedMamba and LFM2-like of this ``n_liv`` once per
+            run with the same budget (``baselines.jsonl``; they are marked in the plots).
+        reference_point: fixed hypervolume reference point (one value per objective, raw units);
+            None derives it once from generation 0 (nadir + 10% of the range) and stores it.
+        measure_latency: measure decode latency for every candidate (always on when the
+            ``latency`` objective is requested).
+        latency_tokens: decode steps timed per latency measurement.
+    """
+
+    model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
+    task: Mapping[str, Any] = dataclasses.field(default_factory=lambda: {"name": "in_context_recall"})
+    train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
+    n_liv: int = 24
+    pop_size: int = 16
+    generations: int = 18
+    mutation_prob: float = 0.1
+    crossover_points: int = 2
+    elitism: int = 2
+    objectives: tuple[str, ...] = ("error", "cache_bytes")
+    constraints: tuple[Mapping[str, Any], ...] = ()
+    cache_seq_len: int = 4096
+    cache_bytes_per_elem: int = 2
+    seed: int = 0
+    strategy: str = "auto"
+    seed_genomes: tuple[str, ...] = ()
+    seed_baselines: bool = False
+    baselines: bool = True
+    reference_point: tuple[float, ...] | None = None
+    measure_latency: bool = False
+    latency_tokens: int = 32
+
+    def __post_init__(self) -> None:
+        def fail(name: str, valid: str) -> None:
+            raise ConfigFieldError(f"EvolveConfig.{name} = {getattr(self, name)!r} is invalid: expected {valid}")
+
+        if not isinstance(self.model, ModelConfig):
+            fail("model", "a ModelConfig")
+        if not isinstance(self.train, TrainConfig):
+            fail("train", "a TrainConfig")
+        if not isinstance(self.task, Mapping) or not isinstance(self.task.get("name"), str):
+            fail("task", 'a mapping {"name": task name, **task fields}')
+        object.__setattr__(self, "task", dict(self.task))
+        for name, lo in (("n_liv", 1), ("pop_size", 2), ("generations", 0), ("crossover_points", 0),
+                         ("elitism", 0), ("cache_seq_len", 1), ("cache_bytes_per_elem", 1),
+                         ("latency_tokens", 1)):
+            if not _is_int(getattr(self, name)) or getattr(self, name) < lo:
+                fail(name, f"an integer >= {lo}")
+        if self.elitism > self.pop_size:
+            fail("elitism", f"an integer in [0, pop_size={self.pop_size}]")
+        if not _is_int(self.seed) or not 0 <= self.seed < 2**32:
+            fail("seed", "an integer in [0, 2**32)")
+        if not _is_real(self.mutation_prob) or not 0.0 <= self.mutation_prob <= 1.0:
+            fail("mutation_prob", "a number in [0, 1]")
+        if self.strategy not in STRATEGIES:
+            fail("strategy", f"one of {list(STRATEGIES)}")
+        for name in ("seed_baselines", "baselines", "measure_latency"):
+            if not isinstance(getattr(self, name), bool):
+                fail(name, "true or false")
+        objectives = tuple(self.objectives) if isinstance(self.objectives, (list, tuple)) else None
+        if not objectives or len(set(objectives)) != len(objectives):
+            fail("objectives", "a non-empty list of distinct objective names")
+        for name in objectives:
+            try:
+                get_objective(name)
+            except KeyError as e:
+                raise ConfigFieldError(f"EvolveConfig.objectives: {e.args[0]}") from None
+        object.__setattr__(self, "objectives", objectives)
+        constraints = []
+        for c in self.constraints if isinstance(self.constraints, (list, tuple)) else [None]:
+            if isinstance(c, Constraint):
+                c = {"objective": c.objective_name, "max_value": c.max_value}
+            if not isinstance(c, Mapping) or set(c) != {"objective", "max_value"}:
+                fail("constraints", 'a list of {"objective": name, "max_value": number}')
+            try:
+                Constraint(c["objective"], float(c["max_value"]))
+            except (KeyError, ValueError, TypeError) as e:
+                raise ConfigFieldError(f"EvolveConfig.constraints: {e.args[0] if e.args else e}") from None
+            constraints.append({"objective": c["objective"], "max_value": float(c["max_value"])})
+        object.__setattr__(self, "constraints", tuple(constraints))
+        if not isinstance(self.seed_genomes, (list, tuple)) or not all(isinstance(s, str) for s in self.seed_genomes):
+            fail("seed_genomes", "a list of genome texts")
+        object.__setattr__(self, "seed_genomes", tuple(self.seed_genomes))
+        if self.reference_point is not None:
+            ref = self.reference_point
+            if (not isinstance(ref, (list, tuple)) or len(ref) != len(objectives)
+                    or not all(_is_real(x) and math.isfinite(x) for x in ref)):
+                fail("reference_point", f"null or {len(objectives)} finite numbers (one per objective)")
+            object.__setattr__(self, "reference_point", tuple(float(x) for x in ref))
+
+    # ------------------------------------------------------------------ derived objects
+    def constraint_objects(self) -> tuple[Constraint, ...]:
+        """Returns:
+        The constraints as ``Constraint`` objects.
+        """
+        return tuple(Constraint(c["objective"], c["max_value"]) for c in self.constraints)
+
+    def make_task(self):
+        """Builds the fitness task and checks the model config fits it.
+
+        Returns:
+            The ``Task``.
+
+        Raises:
+            ConfigFieldError: the task is unknown, a task field is invalid, or the model's
+                vocabulary / ``max_len`` cannot cover the task.
+        """
+        from star_jax import tasks
+
+        fields = {k: v for k, v in self.task.items() if k != "name"}
+        try:
+            task = tasks.make(self.task["name"], **fields)
+        except KeyError as e:
+            raise ConfigFieldError(f"EvolveConfig.task: {e.args[0]}") from None
+        except ValueError as e:
+            raise ConfigFieldError(f"EvolveConfig.task: {e}") from None
+        if self.model.vocab_size < task.vocab_size:
+            raise ConfigFieldError(f"EvolveConfig.model.vocab_size = {self.model.vocab_size} is smaller than "
+                                   f"the task's vocabulary {task.vocab_size}")
+        if self.model.max_len < task.seq_len:
+            raise ConfigFieldError(f"EvolveConfig.model.max_len = {self.model.max_len} is shorter than the "
+                                   f"task's sequence length {task.seq_len}")
+        return task
+
+    def needs_latency(self) -> bool:
+        """Returns:
+        Whether decode latency is measured (toggle on, or a latency objective/constraint).
+        """
+        return (self.measure_latency or "latency" in self.objectives
+                or any(c["objective"] == "latency" for c in self.constraints))
+
+    # ------------------------------------------------------------------ JSON
+    @classmethod
+    def field_names(cls) -> tuple[str, ...]:
+        """Returns:
+        The names of all fields, in declaration order.
+        """
+        return tuple(f.name for f in dataclasses.fields(cls))
+
+    def to_dict(self) -> dict[str, Any]:
+        """Returns:
+        A JSON-ready dict (the inverse of ``from_dict``).
+        """
+        out: dict[str, Any] = {}
+        for name in self.field_names():
+            v = getattr(self, name)
+            if name in ("model", "train"):
+                v = v.to_dict()
+            elif name in ("task",):
+                v = dict(v)
+            elif name in ("constraints",):
+                v = [dict(c) for c in v]
+            elif isinstance(v, tuple):
+                v = list(v)
+            out[name] = v
+        return out
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "EvolveConfig":
+        """Builds a config from a mapping (e.g. parsed JSON); missing fields take their defaults.
+
+        Arguments:
+            data: field name -> value; ``model`` and ``train`` are dicts of their config fields.
+
+        Returns:
+            The validated config.
+
+        Raises:
+            ConfigFieldError: an unknown key (the message lists the valid ones) or a bad value.
+        """
+        if not isinstance(data, Mapping):
+            raise ConfigFieldError(f"an evolution config must be a JSON object, got {type(data).__name__}")
+        unknown = sorted(set(data) - set(cls.field_names()))
+        if unknown:
+            raise ConfigFieldError(f"unknown EvolveConfig field(s) {unknown}; valid fields: {list(cls.field_names())}")
+        kwargs = dict(data)
+        try:
+            if "model" in kwargs and not isinstance(kwargs["model"], ModelConfig):
+                kwargs["model"] = ModelConfig.from_dict(kwargs["model"])
+            if "train" in kwargs and not isinstance(kwargs["train"], TrainConfig):
+                kwargs["train"] = TrainConfig.from_dict(kwargs["train"])
+        except (ValueError, TypeError) as e:
+            raise ConfigFieldError(str(e)) from None
+        for name in ("objectives", "seed_genomes", "constraints", "reference_point"):
+            if isinstance(kwargs.get(name), list):
+                kwargs[name] = tuple(kwargs[name])
+        return cls(**kwargs)
+
+    def to_json(self) -> str:
+        """Returns:
+        Indented JSON text of ``to_dict()``.
+        """
+        return json.dumps(self.to_dict(), indent=2)
+
+    @classmethod
+    def from_json(cls, text: str) -> "EvolveConfig":
+        """Parses JSON text written by ``to_json`` (or by hand).
+
+        Arguments:
+            text: JSON object text.
+
+        Returns:
+            The validated config.
+        """
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise ConfigFieldError(f"config is not valid JSON: {e}") from None
+        return cls.from_dict(data)
+
+    @classmethod
+    def from_file(cls, path: str | os.PathLike) -> "EvolveConfig":
+        """Reads a JSON config file; missing fields take the dataclass defaults.
+
+        Arguments:
+            path: the JSON file.
+
+        Returns:
+            The validated config.
+        """
+        try:
+            with open(path, encoding="utf-8") as f:
+                text = f.read()
+        except OSError as e:
+            raise ConfigFieldError(f"cannot read config file {path}: {e.strerror}") from None
+        return cls.from_json(text)
+
+    def replace(self, **changes: Any) -> "EvolveConfig":
+        """A copy with some fields changed (validated; unknown names rejected).
+
+        Arguments:
+            **changes: field name -> new value.
+
+        Returns:
+            The new config.
+        """
+        return self.from_dict({**self.to_dict(), **changes})
+
+    @classmethod
+    def quick(cls, **changes: Any) -> "EvolveConfig":
+        """The small default run of ``star-jax evolve`` (meant for minutes on a laptop CPU).
+
+        In-context recall at vocabulary 16 and sequence 32, 4-LIV backbones at width 32,
+        population 8 over 3 offspring generations, 120 AdamW steps of 16 sequences per candidate.
+
+        Arguments:
+            **changes: fields to change.
+
+        Returns:
+            The config.
+        """
+        base = cls(
+            model=ModelConfig(width=32, vocab_size=16, max_len=31, head_dim=8, window=16),
+            task={"name": "in_context_recall", "vocab_size": 16, "seq_len": 32,
+                  "num_train": 4096, "num_test": 256},
+            train=TrainConfig(steps=120, batch_size=16, lr=3e-3, weight_decay=0.0, warmup_steps=10,
+                              eval_batch_size=256, seed=0),
+            n_liv=4, pop_size=8, generations=3, seed=0,
+        )
+        return base.replace(**changes) if changes else base
+
+
+def quick(**changes: Any) -> EvolveConfig:
+    """Shorthand for ``EvolveConfig.quick(**changes)``.
+
+    Arguments:
+        **changes: fields to change.
+
+    Returns:
+        The quick config.
+    """
+    return EvolveConfig.quick(**changes)

@@ -1,0 +1,196 @@
+"""Evolution loop: config validation, the de-duplicating archive, resume after kill -9, reports.
+Most runs use a deterministic stand-in for training so the run-state machinery is tested in seconds."""
+import hashlib
+import json
+import os
+import pathlib
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import numpy as np
+import pytest
+
+from star_jax.evolve import EvolveConfig, evolve, load_run, write_report
+from star_jax.evolve.config import ConfigFieldError
+from star_jax.io import CheckpointWarning, RunConfigMismatch
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+
+
+def fake_metrics(genome) -> dict:
+    """Deterministic stand-in for training: accuracy from the genome's hash."""
+    h = int(hashlib.sha256(genome.content_hash().encode()).hexdigest()[:8], 16)
+    acc = (h % 997) / 997.0
+    return {"train_loss": 2.0 - acc, "test_loss": 2.0 - acc, "test_accuracy": acc, "diverged": False, "steps_run": 1}
+
+
+class CountingEvaluator:
+    """Records every genome it is asked to train."""
+
+    def __init__(self):
+        self.trained = []
+        self.calls = 0
+
+    def __call__(self, genomes, config, task, *, on_candidate=None):
+        self.calls += 1
+        self.trained += [g.content_hash() for g in genomes]
+        return [fake_metrics(g) for g in genomes]
+
+
+def tiny(**changes) -> EvolveConfig:
+    base = dict(n_liv=4, pop_size=6, generations=4, seed=3, strategy="sequential", baselines=False)
+    base.update(changes)
+    return EvolveConfig.quick(**base)
+
+
+def test_config_round_trip_and_unknown_keys():
+    config = tiny(constraints=[{"objective": "params", "max_value": 5e4}], objectives=["error", "params"])
+    assert EvolveConfig.from_json(config.to_json()) == config
+    with pytest.raises(ConfigFieldError, match=r"unknown EvolveConfig field\(s\) \['popsize'\].*pop_size"):
+        EvolveConfig.from_dict({"popsize": 4})
+    with pytest.raises(ConfigFieldError, match="unknown objective 'speed'"):
+        tiny(objectives=["error", "speed"])
+    with pytest.raises(ConfigFieldError, match="reference_point"):
+        tiny(reference_point=[1.0])
+    with pytest.raises(ConfigFieldError, match="unknown TrainConfig"):
+        EvolveConfig.from_dict({"train": {"stepz": 3}})
+
+
+def test_archive_trains_every_genome_once(tmp_path):
+    ev = CountingEvaluator()
+    result = evolve(tiny(), tmp_path / "run", progress=False, evaluator=ev)
+    assert len(ev.trained) == len(set(ev.trained)), "a genome was trained twice"
+    assert set(ev.trained) == set(result.archive)
+    assert ev.calls == 5  # one training call per generation
+    records = [json.loads(line) for line in (tmp_path / "run" / "evaluations.jsonl").read_text().splitlines()]
+    assert [r["hash"] for r in records] == list(result.archive)
+    # the population holds genomes evaluated in earlier generations, served from the archive
+    assert any(r["generation"] < 4 for r in result.population_records)
+    rec = records[0]
+    for key in ("genome", "hash", "generation", "params", "cache_bytes", "test_accuracy", "objectives", "violation"):
+        assert key in rec
+    assert rec["objectives"]["error"] == pytest.approx(1.0 - rec["test_accuracy"])
+    # the archive front is never worse than before: its hypervolume cannot drop
+    assert np.all(np.diff(result.hypervolume) >= 0)
+    assert result.hypervolume[-1] > 0
+    # re-running a finished run trains nothing and returns the same result
+    ev2 = CountingEvaluator()
+    again = evolve(tiny(), tmp_path / "run", progress=False, evaluator=ev2)
+    assert ev2.trained == [] and again.archive == result.archive and again.front_records == result.front_records
+
+
+def test_front_is_nondominated_and_feasible(tmp_path):
+    config = tiny(constraints=[{"objective": "cache_bytes", "max_value": 6e5}])
+    result = evolve(config, tmp_path / "run", progress=False, evaluator=CountingEvaluator())
+    front = [tuple(r["objectives"].values()) for r in result.front_records]
+    assert front and all(r["violation"] == 0 for r in result.front_records)
+    assert all(r["cache_bytes"] <= 6e5 for r in result.front_records)
+    feasible = [tuple(r["objectives"].values()) for r in result.archive.values() if r["violation"] == 0]
+    for p in front:
+        assert not any(all(q_i <= p_i for q_i, p_i in zip(q, p)) and q != p for q in feasible)
+
+
+def test_config_mismatch_on_resume(tmp_path):
+    evolve(tiny(generations=1), tmp_path / "run", progress=False, evaluator=CountingEvaluator())
+    with pytest.raises(RunConfigMismatch, match="pop_size"):
+        evolve(tiny(generations=1, pop_size=8), tmp_path / "run", progress=False, evaluator=CountingEvaluator())
+
+
+def test_corrupt_latest_checkpoint_falls_back(tmp_path):
+    run = tmp_path / "run"
+    reference = evolve(tiny(), tmp_path / "ref", progress=False, evaluator=CountingEvaluator())
+    evolve(tiny(generations=4), run, progress=False, evaluator=CountingEvaluator())
+    ckpts = run / "checkpoints"
+    latest = max(int(p.name) for p in ckpts.iterdir() if p.name.isdigit())
+    for f in (ckpts / str(latest)).rglob("*"):
+        if f.is_file() and f.stat().st_size > 0 and "meta" in str(f):
+            f.write_bytes(b"garbage" * 3)
+    ev = CountingEvaluator()
+    with pytest.warns(CheckpointWarning, match=f"step {latest}"):
+        result = evolve(tiny(generations=4), run, progress=False, evaluator=ev)
+    assert 0 < len(ev.trained) < len(result.archive)  # only the last generation was redone
+    assert result.archive == reference.archive and result.front_records == reference.front_records
+    lines = (run / "evaluations.jsonl").read_text().splitlines()
+    assert [json.loads(x)["hash"] for x in lines] == list(reference.archive)
+
+
+_SCRIPT = textwrap.dedent("""
+    import hashlib, sys, time
+    sys.path.insert(0, {tests!r})
+    from test_evolve import fake_metrics, tiny
+    from star_jax.evolve import evolve
+    def slow(genomes, config, task, *, on_candidate=None):
+        out = []
+        for g in genomes:
+            time.sleep(0.25)
+            out.append(fake_metrics(g))
+        return out
+    r = evolve(tiny(baselines=True), sys.argv[1], progress=False, evaluator=slow)
+    print("DONE", len(r.archive))
+""")
+
+
+def _run_script(run_dir, env):
+    return subprocess.Popen([sys.executable, "-c", _SCRIPT.format(tests=str(REPO / "tests")), str(run_dir)],
+                            cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def test_resume_after_kill_matches_uninterrupted_run(tmp_path):
+    env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    run = tmp_path / "killed"
+    proc = _run_script(run, env)
+    deadline = time.time() + 120
+    while time.time() < deadline and not (run / "checkpoints" / "2").exists():
+        time.sleep(0.05)
+    assert (run / "checkpoints" / "2").exists(), proc.communicate()[1][-2000:]
+    time.sleep(0.6)  # in the middle of generation 2's training
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (run / "checkpoints" / "5").exists()
+    partial = load_run(run)
+    assert 2 <= partial.generations_done < 5
+    out = _run_script(run, env).communicate(timeout=120)
+    assert "DONE" in out[0], out[1][-2000:]
+    uninterrupted = evolve(tiny(baselines=True), tmp_path / "straight", progress=False, evaluator=CountingEvaluator())
+    resumed = load_run(run)
+    assert resumed.archive == uninterrupted.archive
+    assert resumed.front_records == uninterrupted.front_records
+    assert resumed.hypervolume == uninterrupted.hypervolume
+    assert [g.to_string() for g in resumed.population] == [g.to_string() for g in uninterrupted.population]
+    assert (run / "evaluations.jsonl").read_text() == (tmp_path / "straight" / "evaluations.jsonl").read_text()
+    steps = [json.loads(x)["step"] for x in (run / "logs" / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [0, 1, 2, 3, 4]
+    names = sorted(json.loads(x)["baseline"] for x in (run / "baselines.jsonl").read_text().splitlines())
+    assert names == ["LFM2-like", "StripedMamba", "Transformer++"]
+
+
+def test_report_writes_pngs(tmp_path):
+    evolve(tiny(baselines=True, generations=2), tmp_path / "run", progress=False, evaluator=CountingEvaluator())
+    paths = write_report(tmp_path / "run")
+    pngs = [p for p in paths if p.suffix == ".png"]
+    assert len(pngs) == 3
+    for p in pngs:
+        assert p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and p.stat().st_size > 5000
+    text = (tmp_path / "run" / "plots" / "front.md").read_text()
+    assert "Pareto front" in text and "Transformer++" in text
+
+
+def test_real_training_smoke(tmp_path):
+    """Real training through the default evaluator: a genome seeded twice is trained once."""
+    config = EvolveConfig.quick(
+        n_liv=2, pop_size=2, generations=0, baselines=False, strategy="sequential",
+        seed_genomes=["1.1.1.1.1-9.1.1.1.1", "1.1.1.1.1-9.1.1.1.1"], measure_latency=True, latency_tokens=4,
+        model={"width": 16, "vocab_size": 16, "max_len": 15, "head_dim": 8, "window": 8},
+        task={"name": "in_context_recall", "vocab_size": 16, "seq_len": 16, "num_train": 64, "num_test": 32},
+        train={"steps": 3, "batch_size": 4, "warmup_steps": 1, "eval_batch_size": 32, "lr": 1e-3})
+    result = evolve(config, tmp_path / "run", progress=False)
+    assert len(result.archive) == 1
+    (r,) = result.archive.values()
+    assert r["steps_run"] == 3 and 0.0 <= r["test_accuracy"] <= 1.0 and r["diverged"] is False
+    assert r["objectives"]["error"] == pytest.approx(1.0 - r["test_accuracy"])
+    assert r["params"] > 0 and r["cache_bytes"] == 2 * 16 * 4096 * 2  # one SA-1: K and V, 16-bit
+    assert [x["hash"] for x in result.population_records] == [r["hash"]] * 2
+    assert 0.0 < r["latency_ms"] < 1000.0  # measured decode latency, ms per token

@@ -31,3 +31,7 @@ __all__ += ["tasks", "mad", "TrainConfig", "TrainResult", "train"]
 from star_jax.population import train_population, PopulationResult
 
 __all__ += ["train_population", "PopulationResult"]
+from star_jax import evolve  # a callable package: sj.evolve(config, run_dir)
+from star_jax.evolve import EvolveConfig, EvolveResult
+
+__all__ += ["evolve", "EvolveConfig", "EvolveResult"]

@@ -69,3 +69,8 @@ __all__ = [
     "total_violation",
     "uniform_mutation",
 ]
+
+# `star_jax.evolve(config, run_dir)` runs the loop; `star_jax.evolve.nsga2` etc. stay submodules.
+from star_jax._util.callable_module import make_callable as _make_callable
+
+_make_callable(__name__, evolve)

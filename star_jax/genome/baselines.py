@@ -35,9 +35,13 @@ LFM2_ATTENTION_MIXERS = (2, 5, 8, 10, 12, 14)
 def lfm2_like(n_mixers: int = 16) -> Genome:
     """LFM2-like: 16 mixers, each followed by SwiGLU; grouped-query attention (SA-3) at mixer
     positions 2, 5, 8, 10, 12, 14 (from 0) and the gated short conv GConv-1 elsewhere.
-    Other lengths scale those positions proportionally."""
+    Other lengths keep LFM2's attention share (6 of 16, at least one) spread evenly."""
     if n_mixers < 1:
         raise ValueError(f"lfm2_like needs n_mixers >= 1, got {n_mixers}")
-    attn = {round(p * n_mixers / 16) for p in LFM2_ATTENTION_MIXERS} if n_mixers != 16 else set(LFM2_ATTENTION_MIXERS)
+    if n_mixers == 16:
+        attn = set(LFM2_ATTENTION_MIXERS)
+    else:
+        n_attn = max(1, int(n_mixers * len(LFM2_ATTENTION_MIXERS) / 16 + 0.5))
+        attn = {int((i + 1) * n_mixers / (n_attn + 1)) for i in range(n_attn)}
     mixers = [SA3 if m in attn else GCONV1 for m in range(n_mixers)]
     return _plain([x for m in mixers for x in (m, SWIGLU)])

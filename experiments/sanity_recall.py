@@ -20,6 +20,7 @@ def main(argv=None):
     ap.add_argument("--width", type=int, default=64)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default=None)
+    ap.add_argument("--only", choices=("attention", "swiglu"), default=None, help="train one backbone only")
     args = ap.parse_args(argv)
 
     task = sj.tasks.make("in_context_recall", vocab_size=16, seq_len=128)
@@ -31,6 +32,8 @@ def main(argv=None):
         "attention (SA-1 > SwiGLU x2)": sj.Genome.from_string("1.1.1.1.1-9.1.1.1.1-1.1.1.1.1-9.1.1.1.1"),
         "SwiGLU only (x4)": sj.Genome.from_string("9.1.1.1.1-9.1.1.1.1-9.1.1.1.1-9.1.1.1.1"),
     }
+    if args.only:
+        genomes = {k: v for k, v in genomes.items() if k.lower().startswith(args.only)}
     rows = []
     for name, g in genomes.items():
         t0 = time.time()

@@ -34,6 +34,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from star_jax.ops.groups import resolve_groups
 from star_jax.ops.differential import LAMBDA_INIT, DiffHeadNorm, DiffLambda, diff_combine
 from star_jax.ops.primitives import apply_rope, causal_short_conv, causal_short_conv_step, rope_angles
 
@@ -100,16 +101,7 @@ class AttentionFeaturizer(nn.Module):
 
     @nn.nowrap
     def _resolve(self, groups) -> tuple[str, ...]:
-        if groups is None:
-            return self.groups()
-        groups = tuple(groups)
-        bad = [g for g in groups if g not in self.groups()]
-        if bad:
-            raise ValueError(
-                f"AttentionFeaturizer(differential={self.differential}): unknown groups {bad}; "
-                f"valid groups are {self.groups()}"
-            )
-        return tuple(g for g in self.groups() if g in groups)  # canonical order, no duplicates
+        return resolve_groups(groups, self.groups(), f"AttentionFeaturizer(differential={self.differential})")
 
     @nn.nowrap
     def _heads(self, group: str) -> int:

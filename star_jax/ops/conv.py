@@ -13,6 +13,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from star_jax.ops.groups import branch_suffixes, resolve_groups
 from star_jax.ops.differential import DiffLambda, diff_combine
 from star_jax.ops.primitives import causal_short_conv, causal_short_conv_step, fft_causal_conv
 
@@ -23,18 +24,6 @@ FILTER_FEATURES = 1 + 2 * FILTER_BANDS  # [t / max_len, sin(2 pi k t / max_len),
 _DECAY_TARGET, _SLOW_PCT, _FAST_PCT = 1e-2, 1.5, 0.3
 
 
-def _suffixes(differential: bool) -> tuple[str, ...]:
-    return ("1", "2") if differential else ("",)
-
-
-def _resolve(groups, valid: tuple[str, ...], who: str) -> tuple[str, ...]:
-    if groups is None:
-        return valid
-    groups = tuple(groups)
-    bad = [g for g in groups if g not in valid]
-    if bad:
-        raise ValueError(f"{who}: unknown feature groups {bad}; valid groups are {valid}")
-    return groups
 
 
 def _channel(v: jax.Array, like: jax.Array) -> jax.Array:
@@ -75,7 +64,7 @@ class GatedConvFeaturizer(nn.Module):
     @nn.nowrap
     def shareable(self) -> tuple[str, ...]:
         """Groups another gated-conv LIV may reuse: the gates b, c (b1, c1, b2, c2 differential)."""
-        return tuple(f"{g}{s}" for s in _suffixes(self.differential) for g in ("b", "c"))
+        return tuple(f"{g}{s}" for s in branch_suffixes(self.differential) for g in ("b", "c"))
 
     @nn.compact
     def __call__(self, h: jax.Array, groups: tuple[str, ...] | None = None) -> dict[str, jax.Array]:
@@ -90,7 +79,7 @@ class GatedConvFeaturizer(nn.Module):
         chex.assert_axis_dimension(h, -1, self.width)
         return {
             g: nn.Dense(self.width, use_bias=False, kernel_init=nn.initializers.lecun_normal(), name=g)(h)
-            for g in _resolve(groups, self.groups(), type(self).__name__)
+            for g in resolve_groups(groups, self.groups(), type(self).__name__)
         }
 
     def step(self, h_t: jax.Array, state: dict, groups: tuple[str, ...] | None = None):
@@ -105,7 +94,7 @@ class GatedConvFeaturizer(nn.Module):
     @nn.nowrap
     def param_count(self, groups=None) -> int:
         """Analytic number of parameters created when computing `groups` (None = all)."""
-        return len(_resolve(groups, self.groups(), type(self).__name__)) * self.width * self.width
+        return len(resolve_groups(groups, self.groups(), type(self).__name__)) * self.width * self.width
 
     @nn.nowrap
     def state_elems(self, groups=None) -> int:
@@ -147,7 +136,7 @@ class ShortConvMixer(nn.Module):
         init = _centered(nn.initializers.uniform(2 * bound), bound)  # U(-1/sqrt(k), 1/sqrt(k))
         self.convs = [
             self.param(f"conv{s}", init, (self.kernel_size, self.width), jnp.float32)
-            for s in _suffixes(self.differential)
+            for s in branch_suffixes(self.differential)
         ]
         self.out = nn.Dense(self.width, use_bias=False, kernel_init=nn.initializers.lecun_normal())
         if self.differential:
@@ -168,7 +157,7 @@ class ShortConvMixer(nn.Module):
         x = feats["x"]
         chex.assert_rank(x, 3)
         paths = []
-        for s, w in zip(_suffixes(self.differential), self.convs):
+        for s, w in zip(branch_suffixes(self.differential), self.convs):
             u = feats[f"b{s}"] * x
             paths.append(feats[f"c{s}"] * short_conv(u, w.astype(x.dtype)))
         return self._combine(paths)
@@ -184,7 +173,7 @@ class ShortConvMixer(nn.Module):
         """
         x = feats_t["x"]
         paths, new_state = [], {}
-        for s, w in zip(_suffixes(self.differential), self.convs):
+        for s, w in zip(branch_suffixes(self.differential), self.convs):
             u = feats_t[f"b{s}"] * x
             v, new_state[f"u{s}"] = causal_short_conv_step(u, state[f"u{s}"], w.astype(x.dtype))
             paths.append(feats_t[f"c{s}"] * v)
@@ -195,20 +184,20 @@ class ShortConvMixer(nn.Module):
         """Zero history {"u": [batch, k - 1, d]} ({"u1", "u2"} differential); max_len is unused."""
         return {
             f"u{s}": jnp.zeros((batch, self.kernel_size - 1, self.width), dtype)
-            for s in _suffixes(self.differential)
+            for s in branch_suffixes(self.differential)
         }
 
     @nn.nowrap
     def param_count(self) -> int:
         """Analytic parameter count."""
-        n = len(_suffixes(self.differential))
+        n = len(branch_suffixes(self.differential))
         total = n * self.kernel_size * self.width + self.width * self.width
         return total + (DiffLambda.count(self.width) if self.differential else 0)
 
     @nn.nowrap
     def state_elems(self, seq_len: int = 0) -> int:
         """Decode state per sequence: d * (k - 1) (x2 differential), independent of seq_len."""
-        return len(_suffixes(self.differential)) * self.width * (self.kernel_size - 1)
+        return len(branch_suffixes(self.differential)) * self.width * (self.kernel_size - 1)
 
 
 def filter_features(max_len: int) -> np.ndarray:
@@ -293,7 +282,7 @@ class LongConvMixer(nn.Module):
             raise ValueError(
                 f"LongConvMixer: max_len and filter_order must be >= 1, got {self.max_len}, {self.filter_order}"
             )
-        sfx = _suffixes(self.differential)
+        sfx = branch_suffixes(self.differential)
         self.filters = [ImplicitFilter(self.width, self.max_len, self.filter_order, name=f"filter{s}") for s in sfx]
         self.skips = [
             self.param(f"D{s}", nn.initializers.normal(stddev=1.0), (self.width,), jnp.float32) for s in sfx
@@ -324,7 +313,7 @@ class LongConvMixer(nn.Module):
         if length > self.max_len:
             raise ValueError(f"LongConvMixer: input length {length} exceeds max_len {self.max_len}")
         paths = []
-        for s, filt, skip in zip(_suffixes(self.differential), self.filters, self.skips):
+        for s, filt, skip in zip(branch_suffixes(self.differential), self.filters, self.skips):
             u = feats[f"b{s}"] * x
             v = fft_causal_conv(u, filt()[:length].astype(x.dtype)) + u * _channel(skip, u)
             paths.append(feats[f"c{s}"] * v)
@@ -343,7 +332,7 @@ class LongConvMixer(nn.Module):
         pos = state["pos"]
         new_state = {"pos": pos + jnp.int32(1)}
         paths = []
-        for s, filt, skip in zip(_suffixes(self.differential), self.filters, self.skips):
+        for s, filt, skip in zip(branch_suffixes(self.differential), self.filters, self.skips):
             buf = state[f"u{s}"]
             taps = buf.shape[1]
             u = feats_t[f"b{s}"] * x
@@ -365,21 +354,21 @@ class LongConvMixer(nn.Module):
         taps = self.max_len if max_len is None else max_len
         if not 1 <= taps <= self.max_len:
             raise ValueError(f"LongConvMixer.init_state: max_len must be in [1, {self.max_len}], got {taps}")
-        state = {f"u{s}": jnp.zeros((batch, taps, self.width), dtype) for s in _suffixes(self.differential)}
+        state = {f"u{s}": jnp.zeros((batch, taps, self.width), dtype) for s in branch_suffixes(self.differential)}
         state["pos"] = jnp.zeros((), jnp.int32)
         return state
 
     @nn.nowrap
     def param_count(self) -> int:
         """Analytic parameter count."""
-        n = len(_suffixes(self.differential))
+        n = len(branch_suffixes(self.differential))
         total = n * (ImplicitFilter.count(self.width, self.filter_order) + self.width) + self.width * self.width
         return total + (DiffLambda.count(self.width) if self.differential else 0)
 
     @nn.nowrap
     def state_elems(self, seq_len: int) -> int:
         """Decode state per sequence after seq_len tokens: d * seq_len (x2 differential)."""
-        return len(_suffixes(self.differential)) * self.width * seq_len
+        return len(branch_suffixes(self.differential)) * self.width * seq_len
 
 
 __all__ = [

@@ -9,6 +9,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from star_jax.ops.groups import resolve_groups
 from star_jax.ops.differential import DiffLambda, diff_combine
 
 ACTIVATIONS = {"swish": jax.nn.silu, "relu": jax.nn.relu, "none": lambda v: v}
@@ -50,13 +51,7 @@ class GLUFeaturizer(nn.Module):
     @nn.nowrap
     def _resolve(self, groups) -> tuple[str, ...]:
         _check_activation(self.activation, type(self).__name__)
-        if groups is None:
-            return self.groups()
-        groups = tuple(groups)
-        bad = [g for g in groups if g not in self.groups()]
-        if bad:
-            raise ValueError(f"GLUFeaturizer: unknown feature groups {bad}; valid groups are {self.groups()}")
-        return groups
+        return resolve_groups(groups, self.groups(), "GLUFeaturizer")
 
     @nn.compact
     def __call__(self, h: jax.Array, groups: tuple[str, ...] | None = None) -> dict[str, jax.Array]:

@@ -12,6 +12,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from star_jax.ops.groups import branch_suffixes, resolve_groups
 from star_jax.ops.differential import DiffLambda, diff_combine
 
 SCAN_IMPLS = ("scan", "associative")
@@ -113,18 +114,6 @@ def _s4d_real_init(key, shape, dtype=jnp.float32):
     return jnp.log(jnp.broadcast_to(jnp.arange(1, e + 1, dtype=jnp.float32), (d, e))).astype(dtype)
 
 
-def _suffixes(differential: bool) -> tuple[str, ...]:
-    return ("1", "2") if differential else ("",)
-
-
-def _resolve(groups, valid: tuple[str, ...], who: str) -> tuple[str, ...]:
-    if groups is None:
-        return valid
-    groups = tuple(groups)
-    bad = [g for g in groups if g not in valid]
-    if bad:
-        raise ValueError(f"{who}: unknown feature groups {bad}; valid groups are {valid}")
-    return groups
 
 
 class RecurrenceFeaturizer(nn.Module):
@@ -152,7 +141,7 @@ class RecurrenceFeaturizer(nn.Module):
     @nn.nowrap
     def shareable(self) -> tuple[str, ...]:
         """Groups another recurrence LIV may reuse: b, c, dt (each pair when differential)."""
-        return tuple(f"{g}{s}" for s in _suffixes(self.differential) for g in ("b", "c", "dt"))
+        return tuple(f"{g}{s}" for s in branch_suffixes(self.differential) for g in ("b", "c", "dt"))
 
     @nn.nowrap
     def _group_shape(self, group: str) -> tuple[int, bool]:
@@ -173,7 +162,7 @@ class RecurrenceFeaturizer(nn.Module):
         """
         chex.assert_axis_dimension(h, -1, self.width)
         feats = {}
-        for g in _resolve(groups, self.groups(), type(self).__name__):
+        for g in resolve_groups(groups, self.groups(), type(self).__name__):
             size, has_bias = self._group_shape(g)
             if g.startswith("dt"):
                 dense = nn.Dense(
@@ -202,7 +191,7 @@ class RecurrenceFeaturizer(nn.Module):
     def param_count(self, groups=None) -> int:
         """Analytic number of parameters created when computing `groups` (None = all)."""
         total = 0
-        for g in _resolve(groups, self.groups(), type(self).__name__):
+        for g in resolve_groups(groups, self.groups(), type(self).__name__):
             size, has_bias = self._group_shape(g)
             total += self.width * size + (size if has_bias else 0)
         return total
@@ -242,7 +231,7 @@ class RecurrenceMixer(nn.Module):
             raise ValueError(f"RecurrenceMixer: scan_impl must be one of {SCAN_IMPLS}, got {self.scan_impl!r}")
         shape = (self.width, self.state_expansion)
         self.A_logs = [
-            self.param(f"A_log{s}", _s4d_real_init, shape, jnp.float32) for s in _suffixes(self.differential)
+            self.param(f"A_log{s}", _s4d_real_init, shape, jnp.float32) for s in branch_suffixes(self.differential)
         ]
         self.D = self.param("D", nn.initializers.ones, (self.width,), jnp.float32)
         self.out = nn.Dense(self.width, use_bias=False, kernel_init=nn.initializers.lecun_normal())
@@ -265,7 +254,7 @@ class RecurrenceMixer(nn.Module):
         x = feats["x"]
         chex.assert_rank(x, 3)
         ys = []
-        for s, A_log in zip(_suffixes(self.differential), self.A_logs):
+        for s, A_log in zip(branch_suffixes(self.differential), self.A_logs):
             b, c, dt = feats[f"b{s}"], feats[f"c{s}"], feats[f"dt{s}"]
             A = -jnp.exp(A_log).astype(x.dtype)
             ys.append(selective_scan(x, dt, A, b, c, self.scan_impl))
@@ -282,7 +271,7 @@ class RecurrenceMixer(nn.Module):
         """
         x = feats_t["x"]
         ys, new_state = [], {}
-        for s, A_log in zip(_suffixes(self.differential), self.A_logs):
+        for s, A_log in zip(branch_suffixes(self.differential), self.A_logs):
             b, c, dt = feats_t[f"b{s}"], feats_t[f"c{s}"], feats_t[f"dt{s}"]
             A = -jnp.exp(A_log).astype(x.dtype)
             h = jnp.exp(dt[..., None] * A[None]) * state[f"h{s}"] + (dt * x)[..., None] * b[:, None, :]
@@ -295,20 +284,20 @@ class RecurrenceMixer(nn.Module):
         """Zero state {"h": [batch, d, e]} ({"h1", "h2"} when differential); max_len is unused."""
         return {
             f"h{s}": jnp.zeros((batch, self.width, self.state_expansion), dtype)
-            for s in _suffixes(self.differential)
+            for s in branch_suffixes(self.differential)
         }
 
     @nn.nowrap
     def param_count(self) -> int:
         """Analytic parameter count."""
-        n = len(_suffixes(self.differential))
+        n = len(branch_suffixes(self.differential))
         total = n * self.width * self.state_expansion + self.width + self.width * self.width
         return total + (DiffLambda.count(self.width) if self.differential else 0)
 
     @nn.nowrap
     def state_elems(self, seq_len: int = 0) -> int:
         """Decode state size per sequence: d * e (x2 differential), independent of seq_len."""
-        return len(_suffixes(self.differential)) * self.width * self.state_expansion
+        return len(branch_suffixes(self.differential)) * self.width * self.state_expansion
 
 
 __all__ = ["linear_recurrence", "selective_scan", "RecurrenceFeaturizer", "RecurrenceMixer", "SCAN_IMPLS"]

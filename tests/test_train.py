@@ -13,11 +13,13 @@ import optax
 import pytest
 
 from star_jax.train import (
+    FlatLayout,
     TrainConfig,
     batch_keys,
     evaluate,
     fit,
     fit_model,
+    make_flat_optimizer,
     make_optimizer,
     make_schedule,
     make_train_step,
@@ -206,6 +208,49 @@ def test_weight_decay_only_on_matrices():
     updates, _ = opt.update(grads, opt.init(params), params)
     np.testing.assert_allclose(updates["kernel"], -0.1 * 0.5 * 2.0, rtol=1e-6)
     assert float(jnp.abs(updates["bias"]).sum()) == 0.0 and float(updates["scale"]) == 0.0
+
+
+def test_flat_optimizer_takes_the_tree_optimizers_steps():
+    """The flat-vector optimizer (used by fit and the population engine) = make_optimizer."""
+    cfg = TrainConfig(steps=20, lr=0.05, warmup_steps=2, weight_decay=0.3, clip_norm=0.5)
+    keys = jax.random.split(jax.random.key(3), 8)
+    params = {"dense": {"kernel": jax.random.normal(keys[0], (4, 3)), "bias": jax.random.normal(keys[1], (3,))},
+              "conv": jax.random.normal(keys[2], (2, 3, 5)), "lam": jnp.array(0.7, jnp.float32)}
+    layout = FlatLayout(params)
+    assert layout.size == 12 + 3 + 30 + 1
+    np.testing.assert_array_equal(np.asarray(layout.ravel(layout.unravel(layout.ravel(params)))),
+                                  np.asarray(layout.ravel(params)))
+    tree_opt, flat_opt = make_optimizer(cfg), make_flat_optimizer(cfg, layout)
+    tp, fp = params, layout.ravel(params)
+    ts, fs = tree_opt.init(tp), flat_opt.init(fp)
+    for s in range(6):  # large gradients: clipping is active on every step
+        g = jax.tree.map(lambda x, s=s: 3.0 * jnp.sin(x * (s + 1.0)), tp)
+        u, ts = tree_opt.update(g, ts, tp)
+        tp = optax.apply_updates(tp, u)
+        fu, fs = flat_opt.update(layout.ravel(g), fs, fp)
+        fp = optax.apply_updates(fp, fu)
+        np.testing.assert_allclose(np.asarray(fp), np.asarray(layout.ravel(tp)), rtol=1e-5, atol=1e-7)
+
+
+def test_flat_layout_rejects_non_float32_leaves_by_path():
+    with pytest.raises(TypeError, match=r"\['head'\]\['kernel'\].*bfloat16"):
+        FlatLayout({"head": {"kernel": jnp.zeros((2, 2), jnp.bfloat16)}})
+
+
+class _HalfLM(nn.Module):
+    vocab: int
+
+    @nn.compact
+    def __call__(self, tokens):
+        x = nn.Embed(self.vocab, 16, param_dtype=jnp.bfloat16)(tokens)
+        return nn.Dense(self.vocab, param_dtype=jnp.bfloat16)(x).astype(jnp.float32)
+
+
+def test_fit_trains_models_with_non_float32_parameters(shift_runs):
+    task = shift_runs[0]
+    res = fit(_HalfLM(task.vocab_size), task, TrainConfig(steps=30, lr=3e-2, batch_size=16), progress=False)
+    assert res.metrics["train_loss"] < res.curve["train_loss"][0]
+    assert jax.tree.leaves(res.params)[0].dtype == jnp.bfloat16
 
 
 # ----------------------------------------------------------------------------------------------

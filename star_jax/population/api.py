@@ -13,7 +13,7 @@ from star_jax.model.config import ModelConfig
 from star_jax.model.model import build_model
 from star_jax.train.config import TrainConfig
 from star_jax.train.loop import train as train_one
-from star_jax.train.optim import make_optimizer
+from star_jax.train.optim import FlatLayout, make_flat_optimizer
 from star_jax.train.step import batch_keys
 
 from .common import Engine, PopulationResult, TraceCounter, make_population_chunk, run_population, sample_in_scan
@@ -75,12 +75,14 @@ def init_candidates(genomes: Sequence[Genome], cfg: ModelConfig, task, train_cfg
 def _run_static(genomes, cfg, task, train_cfg, mesh, init_params, progress):
     t0 = time.perf_counter()
     models, params_list = init_candidates(genomes, cfg, task, train_cfg, init_params)
-    optimizer = make_optimizer(train_cfg)
-    opt_list = [optimizer.init(p) for p in params_list]
+    layouts = [FlatLayout(p) for p in params_list]
+    optimizers = [make_flat_optimizer(train_cfg, lay) for lay in layouts]
+    flat_list = [lay.ravel(p) for lay, p in zip(layouts, params_list)]
+    opt_list = [opt.init(f) for opt, f in zip(optimizers, flat_list)]
     t_init = time.perf_counter() - t0
     counter = TraceCounter()
     forward = StaticForward([m.program for m in models], params_list)
-    pop_step, eval_fn = make_static_fns(forward, optimizer, counter)
+    pop_step, eval_fn = make_static_fns(forward, layouts, optimizers, counter)
     in_scan = sample_in_scan(task, train_cfg.batch_size)
     bs = train_cfg.batch_size
     sample_fn = (lambda key: task.sample(key, bs)) if in_scan else None
@@ -88,10 +90,10 @@ def _run_static(genomes, cfg, task, train_cfg, mesh, init_params, progress):
     chunk = make_population_chunk(pop_step, sample_fn, constrain)
     engine = Engine(
         n=len(genomes),
-        state=(params_list, opt_list),
+        state=(flat_list, opt_list),
         chunk_fn=jax.jit(counter.wrap(chunk), donate_argnums=(0, 1)),
         eval_fn=jax.jit(eval_fn),
-        unpack_params=lambda p: list(p),
+        unpack_params=lambda flats: [lay.unravel(f) for lay, f in zip(layouts, flats)],
         sample_in_scan=in_scan,
         place_batch=place,
     )

@@ -1,5 +1,5 @@
-"""Pieces every population strategy shares: the per-candidate optimizer update, the chunk of
-scanned steps, the host loop that mirrors single-candidate training, and the result record."""
+"""Pieces every population strategy shares: the chunk of scanned steps, the host loop that
+mirrors single-candidate training, and the result record."""
 from __future__ import annotations
 
 import dataclasses
@@ -10,12 +10,11 @@ from typing import Any, Callable
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 
 from star_jax.train.config import TrainConfig
-from star_jax.train.loop import _chunk_plan, _is_eval_point, _sampling_is_traceable
+from star_jax.train.loop import chunk_plan, is_eval_point, sampling_is_traceable
 from star_jax.train.optim import make_schedule
-from star_jax.train.step import _ratio, final_train_loss, stack_test_batches, step_batch_key
+from star_jax.train.step import final_train_loss, stack_test_batches, step_batch_key
 
 
 @dataclasses.dataclass(frozen=True)
@@ -57,34 +56,6 @@ class TraceCounter:
             return fn(*args, **kwargs)
 
         return wrapped
-
-
-def candidate_update(optimizer: optax.GradientTransformation, params, opt_state, grads, loss,
-                     n_correct, n_counted, active):
-    """Steps 2-4 of ``star_jax.train.make_train_step`` for one candidate, given its gradients.
-
-    Arguments:
-        optimizer: ``make_optimizer(train_cfg)``.
-        params, opt_state, grads: the candidate's pytrees.
-        loss: float32 scalar, the candidate's mean training loss.
-        n_correct, n_counted: int32 scalars (accuracy counts).
-        active: bool scalar; the update is applied only where active and finite.
-
-    Returns:
-        ``(params, opt_state, metrics)`` with metrics ``loss``, ``accuracy``, ``grad_norm``
-        (float32 scalars) and ``finite`` (bool scalar), exactly as the single-candidate step.
-    """
-    grad_norm = optax.tree.norm(grads).astype(jnp.float32)
-    updates, new_opt_state = optimizer.update(grads, opt_state, params)
-    new_params = optax.apply_updates(params, updates)
-    finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
-    ok = jnp.logical_and(active, finite)
-    keep = lambda new, old: jnp.where(ok, new, old)  # noqa: E731
-    params = jax.tree.map(keep, new_params, params)
-    opt_state = jax.tree.map(keep, new_opt_state, opt_state)
-    metrics = {"loss": loss, "accuracy": _ratio(n_correct, n_counted), "grad_norm": grad_norm,
-               "finite": finite}
-    return params, opt_state, metrics
 
 
 def make_population_chunk(pop_step: Callable, sample_fn: Callable | None, constrain: Callable):
@@ -150,7 +121,7 @@ class Engine:
 
 def sample_in_scan(task, batch_size: int) -> bool:
     """Whether ``task.sample`` can be traced (then batches are sampled inside the scan)."""
-    return _sampling_is_traceable(task, batch_size)
+    return sampling_is_traceable(task, batch_size)
 
 
 def run_population(engine: Engine, task, train_cfg: TrainConfig, data_key, *, progress: bool = False):
@@ -172,7 +143,7 @@ def run_population(engine: Engine, task, train_cfg: TrainConfig, data_key, *, pr
     bs = cfg.batch_size
     test_inputs, test_targets = stack_test_batches(task, cfg.eval_batch_size)
     test_inputs, test_targets = engine.place_batch(jnp.asarray(test_inputs)), engine.place_batch(jnp.asarray(test_targets))
-    chunk_len, plan = _chunk_plan(cfg)
+    chunk_len, plan = chunk_plan(cfg)
     records = [{"train_loss": [], "train_accuracy": [], "grad_norm": []} for _ in range(p)]
     evals = [{"eval_step": [], "test_loss": [], "test_accuracy": []} for _ in range(p)]
     diverged = [False] * p
@@ -208,7 +179,7 @@ def run_population(engine: Engine, task, train_cfg: TrainConfig, data_key, *, pr
             for name, source in (("train_loss", "loss"), ("train_accuracy", "accuracy"), ("grad_norm", "grad_norm")):
                 records[c][name].append(np.asarray(metrics[source][:nc, c], np.float64))
             steps_run[c] = start + nc
-        if _is_eval_point(cfg, stop) and not all(diverged):
+        if is_eval_point(cfg, stop) and not all(diverged):
             t0 = time.perf_counter()
             loss_sum, n_correct, n_counted = jax.device_get(engine.eval_fn(params, test_inputs, test_targets))
             t_eval += time.perf_counter() - t0

@@ -17,10 +17,10 @@ from star_jax.model.config import ConfigError, ModelConfig
 from star_jax.model.model import RMSNorm
 from star_jax.model.program import FAMILY_BUILDERS, compile_genome
 from star_jax.train.config import TrainConfig
-from star_jax.train.optim import make_optimizer
-from star_jax.train.step import batch_keys, masked_loss_and_accuracy, masked_sums
+from star_jax.train.optim import FlatLayout, make_flat_optimizer
+from star_jax.train.step import apply_update, batch_keys, masked_loss_and_accuracy, masked_sums
 
-from .common import Engine, TraceCounter, candidate_update, make_population_chunk, run_population, sample_in_scan
+from .common import Engine, TraceCounter, make_population_chunk, run_population, sample_in_scan
 
 
 @dataclasses.dataclass(frozen=True)
@@ -218,8 +218,8 @@ class DataForward:
         br = self.pool.branches[b]
         width = self.pool.stash_width
 
-        def fn(feat_stacked, mix_i, h, stash, owner, src):
-            fp = jax.tree.map(lambda a: a[owner], feat_stacked[br.feat_variant])  # the owner's weights
+        def fn(feat_i, mix_i, h, stash, src):
+            fp = feat_i[br.feat_variant]  # the featurizer owner's weights (gathered before the scan)
             feats = br.featurizer.apply({"params": fp}, h)  # every group
             bsz, length = h.shape[:2]
             if br.shareable:
@@ -245,33 +245,44 @@ class DataForward:
         bsz, length = tokens.shape
         n = self.n_liv
         stack = lambda trees: jax.tree.map(lambda *xs: jnp.stack(xs), *trees)  # noqa: E731
-        # slot-stacked views [n_liv, ...]: the slots run as one lax.scan (one switch to compile)
-        feat_stacked = tuple(stack([sp["feat"][j][f] for j in range(n)]) for f in range(len(self.pool.featurizers)))
+        # slot-stacked views [n_liv, ...]: the slots run as one lax.scan (one switch to compile).
+        # Each slot's featurizer weights are its owner's, gathered once here (featurizer sharing):
+        # inside the scan a dynamic index would add a full-superset gradient every iteration.
+        owners = code[1]
+        feat_slot = tuple(jax.tree.map(lambda a: a[owners], stack([sp["feat"][j][f] for j in range(n)]))
+                          for f in range(len(self.pool.featurizers)))
         mix_stacked = tuple(stack([sp["mix"][j][b] for j in range(n)]) for b in range(len(self.pool.branches)))
         norm_stacked = stack(list(sp["norms"]))
         branches = [self._branch_fn(b) for b in range(len(self.pool.branches))]
 
         def body(carry, xs):
             x, stash = carry  # x: [B, L, D]; stash: [n_liv, B, L, width]
-            norm_p, mix_i, branch, owner, src, i = xs
+            norm_p, feat_i, mix_i, branch, src, i = xs
             h = self.norm.apply({"params": norm_p}, x)
-            y, flat = jax.lax.switch(branch, branches, feat_stacked, mix_i, h, stash, owner, src)
+            y, flat = jax.lax.switch(branch, branches, feat_i, mix_i, h, stash, src)
             stash = jax.lax.dynamic_update_index_in_dim(stash, flat, i, 0)
             return (x + y, stash), None
 
         stash = jnp.zeros((n, bsz, length, self.pool.stash_width), x.dtype)
-        xs = (norm_stacked, mix_stacked, code[0], code[1], code[2], jnp.arange(n, dtype=jnp.int32))
+        xs = (norm_stacked, feat_slot, mix_stacked, code[0], code[2], jnp.arange(n, dtype=jnp.int32))
         (x, _), _ = jax.lax.scan(body, (x, stash), xs)
         x = self.norm.apply({"params": sp["final_norm"]}, x)
         return self.head.apply({"params": sp["head"]}, x).astype(jnp.float32)
 
 
-def make_data_fns(forward: DataForward, optimizer, counter: TraceCounter):
+def make_data_fns(forward: DataForward, layout: FlatLayout, optimizer, counter: TraceCounter):
     """The population step and eval for genome-as-data (``lax.map`` over candidates).
 
+    Arguments:
+        forward: the one-candidate forward.
+        layout: the ``FlatLayout`` of one candidate's superset parameters; the population's
+            parameters are a [P, layout.size] matrix (one optimizer update is a few vector ops).
+        optimizer: ``make_flat_optimizer(train_cfg, layout)``.
+        counter: counts traces of the eval.
+
     Returns:
-        ``(pop_step, eval_fn)`` with the population state ``(sp, codes [P, 3, n_liv])`` as the
-        parameters argument and the optimizer state stacked over [P].
+        ``(pop_step, eval_fn)`` with the population state ``(flat [P, size], codes [P, 3,
+        n_liv])`` as the parameters argument and the optimizer state stacked over [P].
     """
 
     def loss_fn(sp, code, inputs, targets):
@@ -283,9 +294,9 @@ def make_data_fns(forward: DataForward, optimizer, counter: TraceCounter):
         sp_all, codes = state
 
         def one(xs):
-            sp, opt, code, act = xs
-            (loss, (n_correct, n_counted)), grads = grad_fn(sp, code, inputs, targets)
-            return candidate_update(optimizer, sp, opt, grads, loss, n_correct, n_counted, act)
+            flat, opt, code, act = xs
+            (loss, (n_correct, n_counted)), grads = grad_fn(layout.unravel(flat), code, inputs, targets)
+            return apply_update(optimizer, flat, opt, layout.ravel(grads), loss, n_correct, n_counted, act)
 
         sp_all, opt_state, metrics = jax.lax.map(one, (sp_all, opt_state, codes, active))
         return (sp_all, codes), opt_state, metrics
@@ -294,7 +305,8 @@ def make_data_fns(forward: DataForward, optimizer, counter: TraceCounter):
         sp_all, codes = state
 
         def one(xs):
-            sp, code = xs
+            flat, code = xs
+            sp = layout.unravel(flat)
 
             def body(carry, batch):
                 bi, bt = batch
@@ -327,15 +339,17 @@ def _spread_over_candidates(chunk, eval_fn, mesh):
     return chunk, eval_fn
 
 
-def _compiled(pool: Pool, n_liv: int, task, train_cfg: TrainConfig, mesh):
-    """The jitted chunk and eval for a pool, cached across calls (same shapes: no recompile)."""
+def _compiled(pool: Pool, n_liv: int, task, train_cfg: TrainConfig, mesh, example_sp: dict):
+    """The jitted chunk and eval for a pool, cached across calls (same shapes: no recompile).
+    ``example_sp`` is one candidate's superset tree (its layout is fixed by the pool)."""
     key = (pool, n_liv, task, train_cfg, mesh)
     if key not in _FN_CACHE:
         from .api import _batch_placement
 
         counter = TraceCounter()
-        optimizer = make_optimizer(train_cfg)
-        pop_step, eval_fn = make_data_fns(DataForward(pool, n_liv), optimizer, counter)
+        layout = FlatLayout(example_sp)
+        optimizer = make_flat_optimizer(train_cfg, layout)
+        pop_step, eval_fn = make_data_fns(DataForward(pool, n_liv), layout, optimizer, counter)
         in_scan = sample_in_scan(task, train_cfg.batch_size)
         bs = train_cfg.batch_size
         sample_fn = (lambda k: task.sample(k, bs)) if in_scan else None
@@ -347,7 +361,7 @@ def _compiled(pool: Pool, n_liv: int, task, train_cfg: TrainConfig, mesh):
         if spread:
             chunk, eval_fn = _spread_over_candidates(chunk, eval_fn, mesh)
         _FN_CACHE[key] = (jax.jit(counter.wrap(chunk), donate_argnums=(0, 1)), jax.jit(eval_fn),
-                          optimizer, counter, in_scan, place)
+                          optimizer, counter, in_scan, place, layout)
     return _FN_CACHE[key]
 
 
@@ -370,9 +384,9 @@ def run_data(genomes, cfg, task, train_cfg, mesh, init_params, progress, classes
     models, params_list = init_candidates(genomes, cfg, task, train_cfg, init_params)
     base = _base_params(pool, n_liv, task.seq_len)
     sps = [to_superset(p, g, pool, base) for p, g in zip(params_list, genomes)]
-    sp_all = jax.tree.map(lambda *xs: jnp.asarray(np.stack(xs)), *sps)
     codes = jnp.asarray(np.stack([encode(g, pool) for g in genomes]))
-    chunk_fn, eval_fn, optimizer, counter, in_scan, place = _compiled(pool, n_liv, task, train_cfg, mesh)
+    chunk_fn, eval_fn, optimizer, counter, in_scan, place, layout = _compiled(pool, n_liv, task, train_cfg, mesh, sps[0])
+    sp_all = jnp.asarray(np.stack([np.asarray(layout.ravel(sp)) for sp in sps]))  # [P, size]
     opt_state = jax.vmap(optimizer.init)(sp_all)
     t_init = time.perf_counter() - t0
     before = counter.count
@@ -382,7 +396,7 @@ def run_data(genomes, cfg, task, train_cfg, mesh, init_params, progress, classes
         chunk_fn=chunk_fn,
         eval_fn=eval_fn,
         unpack_params=lambda st: [
-            from_superset(jax.tree.map(lambda a, c=c: a[c], st[0]), g, pool, like)
+            from_superset(layout.unravel(np.asarray(st[0][c])), g, pool, like)
             for c, (g, like) in enumerate(zip(genomes, params_list))],
         sample_in_scan=in_scan,
         place_batch=place,

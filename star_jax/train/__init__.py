@@ -2,9 +2,10 @@
 The population engine mirrors `batch_keys` and `make_train_step` to reproduce these runs."""
 from star_jax.train.config import TrainConfig
 from star_jax.train.loop import TrainResult, fit, fit_model, train
-from star_jax.train.optim import decay_mask, make_optimizer, make_schedule
+from star_jax.train.optim import FlatLayout, decay_mask, make_flat_optimizer, make_optimizer, make_schedule
 from star_jax.train.step import (
     IGNORE_INDEX,
+    apply_update,
     batch_keys,
     evaluate,
     make_sampled_scan_chunk,
@@ -16,14 +17,17 @@ from star_jax.train.step import (
 )
 
 __all__ = [
+    "FlatLayout",
     "IGNORE_INDEX",
     "TrainConfig",
     "TrainResult",
+    "apply_update",
     "batch_keys",
     "decay_mask",
     "evaluate",
     "fit",
     "fit_model",
+    "make_flat_optimizer",
     "make_optimizer",
     "make_sampled_scan_chunk",
     "make_scan_chunk",

@@ -12,7 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from star_jax.train.config import TrainConfig
-from star_jax.train.optim import make_optimizer, make_schedule
+from star_jax.train.optim import FlatLayout, make_flat_optimizer, make_optimizer, make_schedule
 from star_jax.train.step import (
     batch_keys,
     evaluate_stacked,
@@ -61,7 +61,9 @@ class TrainResult:
     seconds: float
 
 
-def _sampling_is_traceable(task, batch_size: int) -> bool:
+def sampling_is_traceable(task, batch_size: int) -> bool:
+    """Whether ``task.sample(key, batch_size)`` can be traced by JAX (then every trainer samples
+    its batches inside the compiled scan; otherwise they are sampled on the host)."""
     try:
         jax.eval_shape(lambda key: task.sample(key, batch_size), jax.random.key(0))
     except _TRACE_ERRORS:
@@ -69,7 +71,7 @@ def _sampling_is_traceable(task, batch_size: int) -> bool:
     return True
 
 
-def _chunk_plan(cfg: TrainConfig) -> tuple[int, list[tuple[int, int]]]:
+def chunk_plan(cfg: TrainConfig) -> tuple[int, list[tuple[int, int]]]:
     """Chunk length and the ``(start, stop)`` step ranges; a range ends at every eval point."""
     period = cfg.eval_every if cfg.eval_every > 0 else cfg.steps
     length = min(MAX_CHUNK, period, cfg.steps)
@@ -80,7 +82,8 @@ def _chunk_plan(cfg: TrainConfig) -> tuple[int, list[tuple[int, int]]]:
     return length, list(zip(bounds[:-1], bounds[1:]))
 
 
-def _is_eval_point(cfg: TrainConfig, done: int) -> bool:
+def is_eval_point(cfg: TrainConfig, done: int) -> bool:
+    """Whether the test set is evaluated after ``done`` steps (every ``eval_every``, and last)."""
     return done == cfg.steps or (cfg.eval_every > 0 and done % cfg.eval_every == 0)
 
 
@@ -107,6 +110,13 @@ def _progress_bar(enabled: bool):
     )
 
 
+def _flat_layout_or_none(params):
+    try:
+        return FlatLayout(params)
+    except TypeError:  # a non-float32 leaf
+        return None
+
+
 def _fit(apply_fn, init_fn, task, cfg: TrainConfig, params, progress: bool) -> TrainResult:
     start_time = time.perf_counter()
     init_key, data_key = batch_keys(cfg.seed)
@@ -116,11 +126,20 @@ def _fit(apply_fn, init_fn, task, cfg: TrainConfig, params, progress: bool) -> T
         params = jax.tree.map(jnp.array, params)  # a private copy: the chunks donate their input
     _check_logits(apply_fn, params, task)
 
-    optimizer = make_optimizer(cfg)
+    # The optimizer runs on one flat vector when every parameter is float32 (the compiled step
+    # is then a few vector ops instead of a dozen per leaf); otherwise on the tree.
+    layout = _flat_layout_or_none(params)
+    if layout is not None:
+        optimizer = make_flat_optimizer(cfg, layout)
+        tree_apply_fn = apply_fn
+        apply_fn = lambda flat, tokens: tree_apply_fn(layout.unravel(flat), tokens)  # noqa: E731
+        params = layout.ravel(params)
+    else:
+        optimizer = make_optimizer(cfg)
     opt_state = optimizer.init(params)
     train_step = make_train_step(apply_fn, optimizer)
     batch_size = cfg.batch_size
-    in_scan = _sampling_is_traceable(task, batch_size)
+    in_scan = sampling_is_traceable(task, batch_size)
     if in_scan:
         chunk_fn = jax.jit(
             make_sampled_scan_chunk(train_step, lambda key: task.sample(key, batch_size)),
@@ -130,7 +149,7 @@ def _fit(apply_fn, init_fn, task, cfg: TrainConfig, params, progress: bool) -> T
         chunk_fn = jax.jit(make_scan_chunk(train_step), donate_argnums=(0, 1))
     test_inputs, test_targets = stack_test_batches(task, cfg.eval_batch_size)
 
-    chunk_len, plan = _chunk_plan(cfg)
+    chunk_len, plan = chunk_plan(cfg)
     records: dict[str, list[np.ndarray]] = {"train_loss": [], "train_accuracy": [], "grad_norm": []}
     evals: dict[str, list] = {"eval_step": [], "test_loss": [], "test_accuracy": []}
     alive = jnp.asarray(True)
@@ -162,7 +181,7 @@ def _fit(apply_fn, init_fn, task, cfg: TrainConfig, params, progress: bool) -> T
                 records[name].append(np.asarray(metrics[source][:n], np.float64))
             steps_run = start + n
             info = f"loss {float(metrics['loss'][n - 1]):.4f}"
-            if not diverged and _is_eval_point(cfg, stop):
+            if not diverged and is_eval_point(cfg, stop):
                 last_eval = evaluate_stacked(apply_fn, params, test_inputs, test_targets)
                 if not math.isfinite(last_eval["loss"]):
                     diverged = True
@@ -196,7 +215,7 @@ def _fit(apply_fn, init_fn, task, cfg: TrainConfig, params, progress: bool) -> T
         }
     metrics_out.update(diverged=diverged, steps_run=int(steps_run))
     return TrainResult(
-        params=params,
+        params=params if layout is None else layout.unravel(params),
         metrics=metrics_out,
         curve=curve,
         config=cfg,

@@ -108,6 +108,36 @@ def step_batch_key(data_key: jax.Array, step) -> jax.Array:
 # ----------------------------------------------------------------------------------------------
 # One step and a scanned chunk of steps
 # ----------------------------------------------------------------------------------------------
+def apply_update(optimizer: optax.GradientTransformation, params, opt_state, grads, loss,
+                 n_correct, n_counted, active=True):
+    """Steps 2-4 of ``make_train_step`` given the gradients: the update every trainer applies.
+
+    The population engine calls this once per candidate, so a candidate trained there takes
+    exactly the steps it would take alone.
+
+    Arguments:
+        optimizer: e.g. ``make_optimizer(cfg)`` (or ``make_flat_optimizer`` for flat params).
+        params, opt_state, grads: the model's pytrees (or flat vectors).
+        loss: float32 scalar, the mean training loss of the batch.
+        n_correct, n_counted: int32 scalars (accuracy counts).
+        active: bool scalar; the update is applied only where active and finite.
+
+    Returns:
+        ``(params, opt_state, metrics)``; metrics hold float32 scalars ``loss``, ``accuracy``,
+        ``grad_norm`` (before clipping) and the bool scalar ``finite``.
+    """
+    grad_norm = optax.tree.norm(grads).astype(jnp.float32)
+    updates, new_opt_state = optimizer.update(grads, opt_state, params)
+    new_params = optax.apply_updates(params, updates)
+    finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+    ok = jnp.logical_and(active, finite)
+    keep = lambda new, old: jnp.where(ok, new, old)  # noqa: E731
+    params = jax.tree.map(keep, new_params, params)
+    opt_state = jax.tree.map(keep, new_opt_state, opt_state)
+    metrics = {"loss": loss, "accuracy": _ratio(n_correct, n_counted), "grad_norm": grad_norm, "finite": finite}
+    return params, opt_state, metrics
+
+
 def make_train_step(apply_fn: ApplyFn, optimizer: optax.GradientTransformation):
     """One optimizer step, pure and un-jitted (jit, scan or vmap it as needed).
 
@@ -138,21 +168,7 @@ def make_train_step(apply_fn: ApplyFn, optimizer: optax.GradientTransformation):
 
     def step(params, opt_state, inputs, targets, active=True):
         (loss, (n_correct, n_counted)), grads = grad_fn(params, inputs, targets)
-        grad_norm = optax.tree.norm(grads).astype(jnp.float32)
-        updates, new_opt_state = optimizer.update(grads, opt_state, params)
-        new_params = optax.apply_updates(params, updates)
-        finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
-        ok = jnp.logical_and(active, finite)
-        keep = lambda new, old: jnp.where(ok, new, old)  # noqa: E731
-        params = jax.tree.map(keep, new_params, params)
-        opt_state = jax.tree.map(keep, new_opt_state, opt_state)
-        metrics = {
-            "loss": loss,
-            "accuracy": _ratio(n_correct, n_counted),
-            "grad_norm": grad_norm,
-            "finite": finite,
-        }
-        return params, opt_state, metrics
+        return apply_update(optimizer, params, opt_state, grads, loss, n_correct, n_counted, active)
 
     return step
 

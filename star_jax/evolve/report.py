@@ -116,6 +116,7 @@ def write_report(run_dir) -> list[pathlib.Path]:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker  # noqa: F401  (used as matplotlib.ticker)
 
     from star_jax.evolve.loop import load_run
 
@@ -144,6 +145,7 @@ def write_report(run_dir) -> list[pathlib.Path]:
                            edgecolors="black", label=r["baseline"])
         if xs and min(xs) > 0 and max(xs) / min(xs) > 20:
             ax.set_xscale("log")
+            ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())  # decades only: no overlap
         ax.set_xlabel(label)
         ax.set_ylabel(quality)
         ax.set_title(f"{quality} vs {x_key} ({len(records)} genomes)")

@@ -1,7 +1,12 @@
 """Scientific sanity check: on MAD in-context recall (baseline setting), a backbone with attention
 learns the task while a SwiGLU-only backbone (no token mixing) stays near chance.
 
-    python experiments/sanity_recall.py [--steps 1500] [--out benchmarks/results/sanity_recall.json]
+Backbones (MAD's layout: two mixer blocks, each followed by a SwiGLU):
+    sa2:    SA-2 (softmax attention with a short convolution on Q/K/V) > SwiGLU, twice
+    sa1:    SA-1 (softmax attention with RoPE) > SwiGLU, twice
+    swiglu: SwiGLU x 4 (no token mixing)
+
+    python experiments/sanity_recall.py [--steps 500] [--only sa2,swiglu] [--out result.json]
 """
 from __future__ import annotations
 
@@ -14,13 +19,14 @@ import star_jax as sj
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--steps", type=int, default=2000)
+    ap.add_argument("--steps", type=int, default=500)
     ap.add_argument("--batch-size", type=int, default=32)
-    ap.add_argument("--lr", type=float, default=1e-3)
+    ap.add_argument("--lr", type=float, default=3e-3)
     ap.add_argument("--width", type=int, default=64)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default=None)
-    ap.add_argument("--only", choices=("attention", "swiglu"), default=None, help="train one backbone only")
+    ap.add_argument("--only", default="sa2,swiglu",
+                    help="comma-separated backbones to train, of sa2, sa1, swiglu (default: sa2,swiglu)")
     args = ap.parse_args(argv)
 
     task = sj.tasks.make("in_context_recall", vocab_size=16, seq_len=128)
@@ -28,12 +34,16 @@ def main(argv=None):
     tcfg = sj.TrainConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr, weight_decay=0.1,
                           warmup_steps=min(100, args.steps // 10), seed=args.seed)
     # MAD's model: two mixer blocks, each followed by a SwiGLU.
-    genomes = {
-        "attention (SA-1 > SwiGLU x2)": sj.Genome.from_string("1.1.1.1.1-9.1.1.1.1-1.1.1.1.1-9.1.1.1.1"),
-        "SwiGLU only (x4)": sj.Genome.from_string("9.1.1.1.1-9.1.1.1.1-9.1.1.1.1-9.1.1.1.1"),
+    backbones = {
+        "sa2": ("attention (SA-2 > SwiGLU x2)", "2.1.1.1.1-9.1.1.1.1-2.1.1.1.1-9.1.1.1.1"),
+        "sa1": ("attention (SA-1 > SwiGLU x2)", "1.1.1.1.1-9.1.1.1.1-1.1.1.1.1-9.1.1.1.1"),
+        "swiglu": ("SwiGLU only (x4)", "9.1.1.1.1-9.1.1.1.1-9.1.1.1.1-9.1.1.1.1"),
     }
-    if args.only:
-        genomes = {k: v for k, v in genomes.items() if k.lower().startswith(args.only)}
+    chosen = [b.strip() for b in args.only.split(",") if b.strip()]
+    unknown = sorted(set(chosen) - set(backbones))
+    if unknown or not chosen:
+        ap.error(f"--only: unknown backbone(s) {unknown or chosen}; choose from {sorted(backbones)}")
+    genomes = {backbones[b][0]: sj.Genome.from_string(backbones[b][1]) for b in chosen}
     rows = []
     for name, g in genomes.items():
         t0 = time.time()

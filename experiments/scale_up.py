@@ -221,7 +221,7 @@ def main(argv=None) -> int:
         finite = [row for row in rows if row.get("quality") is not None]
         best_scaled = min(finite, key=lambda x: x["quality"])["search_rank"] if finite else None
         summary = {
-            "run_dir": str(result.run_dir), "quality_objective": q, "top": args.top,
+            "run_dir": str(args.run_dir), "quality_objective": q, "top": args.top,
             "search": {"width": config.model.width, "steps": config.train.steps,
                        "batch_size": config.train.batch_size, "task": dict(config.task)},
             "scaled": {"width": big.model.width, "steps": big.train.steps, "batch_size": big.train.batch_size,
@@ -238,7 +238,7 @@ def main(argv=None) -> int:
         table_rows += [[b["name"], b["short"], b.get("search_quality"), b["quality"],
                         f"{b['params']:,} ({100 * b['rel_diff']:+.1f}% vs {target:,}"
                         + ("" if b["matched"] else ", not matched") + ")", b["cache_bytes"]] for b in base_rows]
-        text = (f"# Scale-up of {result.run_dir}\n\n"
+        text = (f"# Scale-up of {args.run_dir}\n\n"
                 f"Search: width {config.model.width}, {config.train.steps} steps. Scaled: width "
                 f"{big.model.width}, {big.train.steps} steps x {big.train.batch_size}.\n\n"
                 + sl.table(header, table_rows)

@@ -10,6 +10,8 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 
+from star_jax.io.jsonutil import finite_or_none  # noqa: F401  (re-exported for the scripts)
+
 BASELINE_NAMES = ("Transformer++", "StripedMamba", "LFM2-like")
 
 
@@ -123,17 +125,6 @@ def quality_from_metrics(metrics: Mapping[str, Any], objective: str) -> float:
         raise StudyError(f"quality objective {objective!r} cannot be computed from training metrics: "
                          f"{e.args[0]}") from None
     return float(value) if math.isfinite(value) else math.inf
-
-
-def finite_or_none(value: Any) -> Any:
-    """JSON-safe number: non-finite floats become None."""
-    if isinstance(value, (bool, np.bool_)):
-        return bool(value)
-    if isinstance(value, (int, np.integer)):
-        return int(value)
-    if isinstance(value, (float, np.floating)):
-        return float(value) if math.isfinite(float(value)) else None
-    return value
 
 
 def reductions(candidates: Sequence[Mapping], baseline: Mapping, objective: str,

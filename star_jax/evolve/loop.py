@@ -38,6 +38,7 @@ from star_jax.evolve.hypervolume import hypervolume
 from star_jax.evolve.nsga2 import non_dominated_sort
 from star_jax.evolve.objectives import get_objective
 from star_jax.genome import Genome, GenomeError, baselines, flat_operators, random_genome
+from star_jax.io.jsonutil import finite_or_none
 
 __all__ = ["EvolveResult", "evolve", "load_run", "train_candidates", "baseline_genomes", "pareto_front",
            "RUN_FORMAT"]
@@ -154,16 +155,6 @@ def train_candidates(genomes: Sequence[Genome], config: EvolveConfig, task, *,
     return out
 
 
-def _finite_or_none(value: Any) -> Any:
-    if isinstance(value, (bool, np.bool_)):
-        return bool(value)
-    if isinstance(value, (int, np.integer)):
-        return int(value)
-    if isinstance(value, (float, np.floating)):
-        return float(value) if math.isfinite(float(value)) else None
-    return value
-
-
 def _size_metrics(genome: Genome, config: EvolveConfig) -> tuple[dict, str | None]:
     """Analytic params and cache bytes, or the error that makes the genome unbuildable."""
     from star_jax.metrics import cache_bytes, param_count
@@ -183,7 +174,7 @@ def _finish_record(record: dict, config: EvolveConfig) -> dict:
     objectives = {}
     for name in config.objectives:
         value = get_objective(name)(record) if record.get("error") is None else math.nan
-        objectives[name] = _finite_or_none(value)
+        objectives[name] = finite_or_none(value)
     violation = 0.0
     if record.get("error") is not None:
         violation = math.inf
@@ -191,7 +182,7 @@ def _finish_record(record: dict, config: EvolveConfig) -> dict:
         for c in config.constraint_objects():
             violation += c.violation(record)
     record["objectives"] = objectives
-    record["violation"] = _finite_or_none(violation)
+    record["violation"] = finite_or_none(violation)
     return record
 
 
@@ -211,10 +202,10 @@ def _evaluate(genomes: Sequence[Genome], config: EvolveConfig, task, generation:
                   "generation": int(generation), **size, "error": err}
         m = next(metrics) if err is None else {}
         for key in ("train_loss", "test_loss", "test_accuracy", "diverged", "steps_run"):
-            record[key] = _finite_or_none(m.get(key))
+            record[key] = finite_or_none(m.get(key))
         for key, value in m.items():  # extra keys an evaluator reports (e.g. mad_score)
             if key not in record and key != "params":
-                record[key] = _finite_or_none(value)
+                record[key] = finite_or_none(value)
         record["loss"] = record["test_loss"]
         record["accuracy"] = None if record.get("diverged") else record["test_accuracy"]
         if config.needs_latency():

@@ -8,6 +8,7 @@ import dataclasses
 import enum
 import hashlib
 import json
+import math
 import os
 import pathlib
 import tempfile
@@ -69,6 +70,17 @@ def to_jsonable(obj: Any, *, _where: str = "value") -> Any:
     raise TypeError(f"{_where}: cannot convert {type(obj).__name__} to JSON "
                     f"(supported: dict, list, tuple, str, int, float, bool, None, numpy/jax arrays "
                     f"and scalars, dataclasses, enums, paths)")
+
+
+def finite_or_none(value: Any) -> Any:
+    """A JSON-safe scalar: numpy scalars become Python ones, non-finite floats become None."""
+    if isinstance(value, (bool, np.bool_)):
+        return bool(value)
+    if isinstance(value, (int, np.integer)):
+        return int(value)
+    if isinstance(value, (float, np.floating)):
+        return float(value) if math.isfinite(float(value)) else None
+    return value
 
 
 def _is_prng_key(x: Any) -> bool:

@@ -20,6 +20,34 @@ DT_MIN, DT_MAX = 1e-3, 1e-1
 _DT_KERNEL_SCALE = 0.01  # variance scale of the dt projection: the bias sets dt at init
 
 
+# The scans are module-level jitted functions: inside a traced program they are inlined, and
+# called eagerly (flax `init` runs the forward op by op) they compile once per shape instead of
+# once per call (an eager `lax.scan` with a fresh body closure misses every cache).
+@jax.jit
+def _linear_scan(a: jax.Array, bx: jax.Array) -> jax.Array:
+    def body(h, inp):
+        a_t, bx_t = inp
+        h = a_t * h + bx_t
+        return h, h
+
+    xs = (jnp.moveaxis(a, 1, 0), jnp.moveaxis(bx, 1, 0))
+    _, hs = jax.lax.scan(body, jnp.zeros_like(bx[:, 0]), xs)
+    return jnp.moveaxis(hs, 0, 1)
+
+
+@jax.jit
+def _selective_scan_loop(x, dt, A, b, c) -> jax.Array:
+    def body(h, inp):
+        x_t, dt_t, b_t, c_t = inp
+        h = jnp.exp(dt_t[..., None] * A[None]) * h + (dt_t * x_t)[..., None] * b_t[:, None, :]
+        return h, jnp.sum(h * c_t[:, None, :], axis=-1)
+
+    xs = tuple(jnp.moveaxis(v, 1, 0) for v in (x, dt, b, c))
+    h0 = jnp.zeros((x.shape[0],) + A.shape, x.dtype)
+    _, ys = jax.lax.scan(body, h0, xs)
+    return jnp.moveaxis(ys, 0, 1)
+
+
 def linear_recurrence(
     a: jax.Array, bx: jax.Array, impl: str = "scan", h0: jax.Array | None = None
 ) -> jax.Array:
@@ -44,15 +72,7 @@ def linear_recurrence(
     if h0 is not None:
         bx = bx.at[:, 0].add(a[:, 0] * h0)
     if impl == "scan":
-
-        def body(h, inp):
-            a_t, bx_t = inp
-            h = a_t * h + bx_t
-            return h, h
-
-        xs = (jnp.moveaxis(a, 1, 0), jnp.moveaxis(bx, 1, 0))
-        _, hs = jax.lax.scan(body, jnp.zeros_like(bx[:, 0]), xs)
-        return jnp.moveaxis(hs, 0, 1)
+        return _linear_scan(a, bx)
     if impl == "associative":
 
         def combine(left, right):
@@ -82,16 +102,7 @@ def selective_scan(
       y: [batch, length, d] (without the D skip).
     """
     if impl == "scan":
-
-        def body(h, inp):
-            x_t, dt_t, b_t, c_t = inp
-            h = jnp.exp(dt_t[..., None] * A[None]) * h + (dt_t * x_t)[..., None] * b_t[:, None, :]
-            return h, jnp.sum(h * c_t[:, None, :], axis=-1)
-
-        xs = tuple(jnp.moveaxis(v, 1, 0) for v in (x, dt, b, c))
-        h0 = jnp.zeros((x.shape[0],) + A.shape, x.dtype)
-        _, ys = jax.lax.scan(body, h0, xs)
-        return jnp.moveaxis(ys, 0, 1)
+        return _selective_scan_loop(x, dt, A, b, c)
     if impl == "associative":
         a = jnp.exp(dt[..., None] * A[None, None])  # [b, l, d, e]
         bx = (dt * x)[..., None] * b[:, :, None, :]  # [b, l, d, e]

@@ -112,25 +112,30 @@ _BASE_CACHE: dict[tuple, Any] = {}
 
 
 def _base_params(pool: Pool, n_liv: int, seq_len: int):
-    """Finite starting values of every superset entry (per slot: all featurizers, all mixers)."""
+    """Starting values of every superset entry (per slot: all featurizers, all mixers).
+
+    Only the shapes matter: `to_superset` writes each candidate's own parameters over the
+    entries its genome uses, and an entry no candidate uses is never read by its branch. So the
+    base is zeros (norm scales one) from `jax.eval_shape`: nothing is compiled or run.
+    """
     key = (pool, n_liv, seq_len)
     if key not in _BASE_CACHE:
         cfg = pool.cfg
-        h = jnp.zeros((1, seq_len, cfg.width), jnp.float32)
+        h = jax.ShapeDtypeStruct((1, seq_len, cfg.width), jnp.float32)
         k = jax.random.key(0)
-        feat = []
-        for fm in pool.featurizers:
-            feat.append(jax.jit(lambda k, h, fm=fm: fm.init(k, h)["params"])(k, h))
+        zeros = lambda tree: jax.tree.map(lambda a: np.zeros(a.shape, a.dtype), tree)  # noqa: E731
+        feat = [zeros(jax.eval_shape(lambda k, h, fm=fm: fm.init(k, h)["params"], k, h))
+                for fm in pool.featurizers]
         mix = []
         for b in pool.branches:
             def init_mix(k, h, b=b):
                 f = b.featurizer.init_with_output(k, h)[0]
                 return b.mixer.init(k, f)["params"]
-            mix.append(jax.jit(init_mix)(k, h))
+            mix.append(zeros(jax.eval_shape(init_mix, k, h)))
         base = {
             "norms": tuple({"scale": np.ones((cfg.width,), np.float32)} for _ in range(n_liv)),
-            "feat": tuple(tuple(jax.tree.map(np.asarray, f) for f in feat) for _ in range(n_liv)),
-            "mix": tuple(tuple(jax.tree.map(np.asarray, m) for m in mix) for _ in range(n_liv)),
+            "feat": tuple(tuple(feat) for _ in range(n_liv)),
+            "mix": tuple(tuple(mix) for _ in range(n_liv)),
         }
         _BASE_CACHE[key] = base
     return _BASE_CACHE[key]

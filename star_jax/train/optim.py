@@ -142,8 +142,13 @@ class FlatLayout:
     def ravel(self, tree: Any) -> jax.Array:
         """The tree as one float32 vector [size] (jittable)."""
         leaves = self.treedef.flatten_up_to(tree)
-        return jnp.concatenate([jnp.ravel(x).astype(jnp.float32) for x in leaves]) if leaves else \
-            jnp.zeros((0,), jnp.float32)
+        if not leaves:
+            return jnp.zeros((0,), jnp.float32)
+        if not any(isinstance(x, jax.core.Tracer) for x in leaves):
+            # concrete values (e.g. fresh parameters): join them on the host; an eager
+            # jnp.concatenate would compile once per distinct number and shapes of leaves
+            return jnp.asarray(np.concatenate([np.ravel(np.asarray(x, np.float32)) for x in leaves]))
+        return jnp.concatenate([jnp.ravel(x).astype(jnp.float32) for x in leaves])
 
     def unravel(self, flat: jax.Array) -> Any:
         """The inverse of ``ravel`` (jittable; numpy in, numpy out on the host)."""

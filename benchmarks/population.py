@@ -109,12 +109,18 @@ def _worker(args) -> dict:
             "test_loss": [m["test_loss"] for m in res.metrics],
             "diverged": [m["diverged"] for m in res.metrics],
             "genomes": [g.to_string() for g in genomes],
+            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0,
+            "extrapolated_from": n_timed if scale != 1.0 else None,
         })
-        print(f"generation {gen}: {wall * scale:.1f} s", file=sys.stderr, flush=True)
+        print("GEN " + json.dumps(gens[-1]), flush=True)  # kept if a later generation times out
+    return _summary(args.worker, n_timed if scale != 1.0 else None, gens)
+
+
+def _summary(strategy: str, extrapolated_from, gens: list) -> dict:
     first = gens[0]
     return {
-        "strategy": args.worker,
-        "extrapolated_from": n_timed if scale != 1.0 else None,
+        "strategy": strategy,
+        "extrapolated_from": extrapolated_from,
         # the first generation (compile included), as before; all generations below
         "wall_s": first["wall_s"],
         "compile_s": first["compile_s"],
@@ -127,7 +133,7 @@ def _worker(args) -> dict:
         "total_wall_s": sum(g["wall_s"] for g in gens),
         "later_wall_s": [g["wall_s"] for g in gens[1:]],
         "later_compile_s": [g["compile_s"] for g in gens[1:]],
-        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0,
+        "peak_rss_mb": max(g["peak_rss_mb"] for g in gens),
         "generations": gens,
     }
 
@@ -169,14 +175,20 @@ def main() -> None:
         print(f"running {strategy} ...", flush=True)
         try:
             out = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=args.timeout)
-        except subprocess.TimeoutExpired:
-            runs.append({"strategy": strategy, "error": f"timed out after {args.timeout:.0f} s"})
+            stdout, error = out.stdout, out.stderr[-2000:]
+        except subprocess.TimeoutExpired as e:
+            stdout = e.stdout.decode() if isinstance(e.stdout, bytes) else (e.stdout or "")
+            error = f"timed out after {args.timeout:.0f} s"
+        lines = [ln for ln in stdout.splitlines() if ln.startswith("RESULT ")]
+        done = [json.loads(ln[len("GEN "):]) for ln in stdout.splitlines() if ln.startswith("GEN ")]
+        if lines:
+            r = json.loads(lines[-1][len("RESULT "):])
+        elif done:  # the generations that finished before the timeout or crash
+            r = _summary(strategy, done[0]["extrapolated_from"], done)
+            r["error_after"] = f"generation {len(done) - 1}: {error.splitlines()[-1] if error else '?'}"
+        else:
+            runs.append({"strategy": strategy, "error": error})
             continue
-        lines = [ln for ln in out.stdout.splitlines() if ln.startswith("RESULT ")]
-        if not lines:
-            runs.append({"strategy": strategy, "error": out.stderr[-2000:]})
-            continue
-        r = json.loads(lines[-1][len("RESULT "):])
         r["fraction_of_matmul_peak"] = r["achieved_flops_per_s"] / peak
         runs.append(r)
         print(f"  {strategy}: {r['wall_s']:.1f} s end to end, {r['ms_per_candidate_step']:.2f} ms/candidate-step",
@@ -215,6 +227,8 @@ def main() -> None:
             lines.append(f"| {r['strategy']} | error: {r['error'].splitlines()[-1] if r['error'] else '?'} |||||||")
             continue
         name = r["strategy"] + (f" (timed on {r['extrapolated_from']}, scaled)" if r.get("extrapolated_from") else "")
+        if r.get("error_after"):
+            name += f" (then stopped: {r['error_after']})"
         lines.append(f"| {name} | {r['wall_s']:.1f} | {r['compile_s']:.1f} | {r['init_s']:.1f} | "
                      f"{r['ms_per_candidate_step']:.2f} | {r.get('speedup_vs_sequential', float('nan')):.2f}x | "
                      f"{r['peak_rss_mb']:.0f} | {r['achieved_flops_per_s'] / 1e9:.2f} | "

@@ -110,6 +110,19 @@ def test_data_new_genomes_do_not_recompile(data, setting):
     np.testing.assert_allclose(again.curves[1]["train_loss"], alone.curve["train_loss"], rtol=RTOL)
 
 
+def test_data_padding_reuses_the_compiled_step(data, setting):
+    task, cfg, tc = setting
+    # two genomes padded to the compiled size of three: no compile, same results, two returned
+    padded = train_population(GENOMES[:2], cfg, task, tc, strategy="data", classes=CLASSES, pad_to=3)
+    assert padded.n_compiles == 0 and len(padded.metrics) == len(padded.curves) == 2
+    _assert_same(padded, data, 1e-6, idx=range(2))
+    with pytest.raises(ValueError, match="pad_to"):
+        train_population(GENOMES, cfg, task, tc, strategy="data", classes=CLASSES, pad_to=2)
+    # static ignores it (it compiles per call)
+    st = train_population(GENOMES[:1], cfg, task, tc, strategy="static", pad_to=3)
+    assert len(st.metrics) == 1
+
+
 def _poisoned_init(setting, genome):
     task, cfg, tc = setting
     init_key, _ = batch_keys(tc.seed)

@@ -128,14 +128,15 @@ def train_candidates(genomes: Sequence[Genome], config: EvolveConfig, task, *,
             train_population, STRATEGIES = None, ()
         if train_population is not None and strategy in STRATEGIES:
             batch = list(genomes)
+            pad_to = None
             if strategy == "data":
-                # The compiled step is reused only for the same number of candidates, and a
-                # compile costs far more than training a few more small candidates: pad every
-                # call to one size with copies (each candidate is trained independently).
+                # The compiled step is reused only for the same number of candidates: pad every
+                # call to one size (padding candidates are skipped, they cost no training).
                 size = config.pop_size + (len(baseline_genomes(config.n_liv)) if config.baselines else 0)
-                batch += [batch[-1]] * max(0, size - len(batch))
+                pad_to = max(size, len(batch))
             try:
-                result = train_population(batch, config.model, task, config.train, strategy=strategy)
+                result = train_population(batch, config.model, task, config.train, strategy=strategy,
+                                          pad_to=pad_to)
             except (ImportError, NotImplementedError) as e:
                 if strategy not in _WARNED:
                     _WARNED.add(strategy)

@@ -327,10 +327,17 @@ class AttentionMixer(nn.Module):
 
     @nn.nowrap
     def _mix_parallel(self, q: jax.Array, k: jax.Array, v: jax.Array) -> jax.Array:
-        """q: [b, l, H, hd], k, v: [b, l, K, hd] (prepared) -> [b, l, H, hd]."""
+        """q: [b, l, H, hd], k, v: [b, l, K, hd] (prepared) -> [b, l, H, hd].
+
+        The contractions run heads-first ([b, K, r, l, hd] x [b, K, m, hd]): batch dimensions
+        leading, so neither product nor its gradients needs a transpose of the [l, m] scores
+        (on CPU 1.5x faster forward + backward than contracting in the [b, l, H, hd] layout).
+        """
         b, l, _, hd = q.shape
-        q5 = q.reshape(b, l, self.n_kv_heads, self._repeat(), hd)
-        s = jnp.einsum("blkrd,bmkd->bkrlm", q5, k)
+        qh = q.reshape(b, l, self.n_kv_heads, self._repeat(), hd).transpose(0, 2, 3, 1, 4)
+        kh = k.transpose(0, 2, 1, 3)  # [b, K, m, hd]
+        vh = v.transpose(0, 2, 1, 3)
+        s = jnp.einsum("bkrld,bkmd->bkrlm", qh, kh)
         i = jnp.arange(l)[:, None]
         j = jnp.arange(l)[None, :]
         mask = j <= i
@@ -346,8 +353,8 @@ class AttentionMixer(nn.Module):
                 count = jnp.minimum(count, self.window)
             inv = (1.0 / count.astype(jnp.float32)).astype(s.dtype)[None, None, None, :, None]
             w = jnp.where(mask, s, jnp.zeros((), s.dtype)) * inv
-        o = jnp.einsum("bkrlm,bmkd->blkrd", w, v)
-        return o.reshape(b, l, self.n_heads, hd)
+        o = jnp.einsum("bkrlm,bkmd->bkrld", w, vh)  # [b, K, r, l, hd]
+        return o.transpose(0, 3, 1, 2, 4).reshape(b, l, self.n_heads, hd)
 
     @nn.nowrap
     def _mix_cache(self, q: jax.Array, kc: jax.Array, vc: jax.Array, pos: jax.Array) -> jax.Array:

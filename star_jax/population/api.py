@@ -118,7 +118,8 @@ def _run_sequential(genomes, cfg, task, train_cfg, init_params, progress):
 def train_population(genomes: Sequence[Genome | str], cfg: ModelConfig, task, train_cfg: TrainConfig | None = None,
                      *, strategy: str = "static", mesh=None, memory_budget_bytes: int | None = None,
                      keep_params: bool = False, init_params: Sequence[Any] | None = None,
-                     classes: Sequence[int] | None = None, progress: bool = False) -> PopulationResult:
+                     classes: Sequence[int] | None = None, pad_to: int | None = None,
+                     progress: bool = False) -> PopulationResult:
     """Train every genome of a population on ``task`` and evaluate it on the task's test set.
 
     Each candidate gets what ``star_jax.train(genome, cfg, task, train_cfg)`` would give it
@@ -147,6 +148,12 @@ def train_population(genomes: Sequence[Genome | str], cfg: ModelConfig, task, tr
         classes: ``"data"`` only: the LIV class pool the superset parameters cover (default:
             every registered class that fits ``cfg``). Calls with the same pool, shapes and
             config reuse one compiled step; a smaller pool compiles and runs faster.
+        pad_to: ``"data"`` only: build the step for this many candidates, so that calls with
+            fewer genomes (an evolution's later generations, after cached genomes are dropped)
+            reuse one compiled step. Padding candidates cost no training or evaluation (they
+            are skipped by ``lax.cond``) and are not returned. When the memory budget splits the
+            population, every chunk is padded to the largest one (one compile for all chunks).
+            Ignored by ``"static"`` and ``"sequential"``, which compile per call anyway.
         progress: print progress.
 
     Returns:
@@ -163,8 +170,12 @@ def train_population(genomes: Sequence[Genome | str], cfg: ModelConfig, task, tr
     genomes = _genomes(genomes)
     if init_params is not None and len(init_params) != len(genomes):
         raise ValueError(f"init_params has {len(init_params)} entries for {len(genomes)} genomes")
+    if pad_to is not None and (isinstance(pad_to, bool) or not isinstance(pad_to, int) or pad_to < len(genomes)):
+        raise ValueError(f"pad_to must be an int >= the number of genomes ({len(genomes)}) or None, got {pad_to!r}")
     start = time.perf_counter()
     chunks = split_by_budget(genomes, cfg, train_cfg.batch_size, task.seq_len, memory_budget_bytes)
+    if len(chunks) > 1:
+        pad_to = max(len(idx) for idx in chunks)
     metrics: list = [None] * len(genomes)
     curves: list = [None] * len(genomes)
     params: list = [None] * len(genomes)
@@ -180,7 +191,7 @@ def train_population(genomes: Sequence[Genome | str], cfg: ModelConfig, task, tr
         else:
             from .data import run_data
 
-            out = run_data(sub, cfg, task, train_cfg, mesh, sub_init, progress, classes)
+            out = run_data(sub, cfg, task, train_cfg, mesh, sub_init, progress, classes, pad_to)
         m, cv, pr, nc, times = out
         for j, i in enumerate(idx):
             metrics[i], curves[i], params[i] = m[j], cv[j], pr[j]

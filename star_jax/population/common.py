@@ -108,6 +108,8 @@ class Engine:
             n_correct [P], n_counted [P])``.
         unpack_params: strategy layout -> list of per-candidate ``{'params': ...}`` trees.
         sample_in_scan: whether ``chunk_fn`` samples batches itself.
+        n_real: the first ``n_real`` candidates are the population; any after them are padding
+            (never trained, evaluated or returned). None: all ``n``.
     """
 
     n: int
@@ -117,6 +119,7 @@ class Engine:
     unpack_params: Callable
     sample_in_scan: bool
     place_batch: Callable = lambda x: x
+    n_real: int | None = None
 
 
 def sample_in_scan(task, batch_size: int) -> bool:
@@ -139,6 +142,7 @@ def run_population(engine: Engine, task, train_cfg: TrainConfig, data_key, *, pr
         ``(metrics, curves, params_list, timings)`` per candidate.
     """
     p = engine.n
+    n_real = p if engine.n_real is None else engine.n_real
     cfg = train_cfg
     bs = cfg.batch_size
     test_inputs, test_targets = stack_test_batches(task, cfg.eval_batch_size)
@@ -146,7 +150,7 @@ def run_population(engine: Engine, task, train_cfg: TrainConfig, data_key, *, pr
     chunk_len, plan = chunk_plan(cfg)
     records = [{"train_loss": [], "train_accuracy": [], "grad_norm": []} for _ in range(p)]
     evals = [{"eval_step": [], "test_loss": [], "test_accuracy": []} for _ in range(p)]
-    diverged = [False] * p
+    diverged = [c >= n_real for c in range(p)]  # padding candidates start (and stay) stopped
     steps_run = [0] * p
     last_eval = [{"loss": math.inf, "accuracy": 0.0} for _ in range(p)]
     params, opt_state = engine.state
@@ -198,14 +202,14 @@ def run_population(engine: Engine, task, train_cfg: TrainConfig, data_key, *, pr
                 evals[c]["test_accuracy"].append(ev["accuracy"])
         if progress:
             alive_n = p - sum(diverged)
-            print(f"population: steps {stop}/{cfg.steps}, {alive_n}/{p} alive", flush=True)
+            print(f"population: steps {stop}/{cfg.steps}, {alive_n}/{n_real} alive", flush=True)
         if all(diverged):
             break
 
     schedule = make_schedule(cfg)
     lr_all = np.asarray(jax.device_get(schedule(jnp.arange(max(steps_run), dtype=jnp.int32))), np.float64)
     metrics_out, curves = [], []
-    for c in range(p):
+    for c in range(n_real):
         curve = {name: np.concatenate(parts) if parts else np.zeros(0) for name, parts in records[c].items()}
         curve["train_loss"] = np.where(np.isfinite(curve["train_loss"]), curve["train_loss"], np.inf)
         curve["step"] = np.arange(1, steps_run[c] + 1, dtype=np.int64)

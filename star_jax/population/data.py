@@ -258,7 +258,11 @@ class DataForward:
                           for f in range(len(self.pool.featurizers)))
         mix_stacked = tuple(stack([sp["mix"][j][b] for j in range(n)]) for b in range(len(self.pool.branches)))
         norm_stacked = stack(list(sp["norms"]))
-        branches = [self._branch_fn(b) for b in range(len(self.pool.branches))]
+        # Each branch is rematerialised in the backward pass. Differentiating a switch makes
+        # every branch return the union of all branches' residuals (zeros where not taken), so
+        # without remat each slot would write out every other LIV's attention scores and
+        # recurrence states; with it the residuals are the branch inputs, which all share.
+        branches = [jax.checkpoint(self._branch_fn(b), prevent_cse=False) for b in range(len(self.pool.branches))]
 
         def body(carry, xs):
             x, stash = carry  # x: [B, L, D]; stash: [n_liv, B, L, width]
@@ -287,7 +291,9 @@ def make_data_fns(forward: DataForward, layout: FlatLayout, optimizer, counter: 
 
     Returns:
         ``(pop_step, eval_fn)`` with the population state ``(flat [P, size], codes [P, 3,
-        n_liv])`` as the parameters argument and the optimizer state stacked over [P].
+        n_liv], live [P] bool)`` as the parameters argument and the optimizer state stacked over
+        [P]. A candidate that is not live (padding), or not active in a step (diverged, or a
+        padding step of a chunk), runs nothing: ``lax.cond`` inside ``lax.map`` skips it.
     """
 
     def loss_fn(sp, code, inputs, targets):
@@ -296,21 +302,31 @@ def make_data_fns(forward: DataForward, layout: FlatLayout, optimizer, counter: 
     grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
 
     def pop_step(state, opt_state, inputs, targets, active):
-        sp_all, codes = state
+        sp_all, codes, live = state
 
         def one(xs):
             flat, opt, code, act = xs
-            (loss, (n_correct, n_counted)), grads = grad_fn(layout.unravel(flat), code, inputs, targets)
-            return apply_update(optimizer, flat, opt, layout.ravel(grads), loss, n_correct, n_counted, act)
 
-        sp_all, opt_state, metrics = jax.lax.map(one, (sp_all, opt_state, codes, active))
-        return (sp_all, codes), opt_state, metrics
+            def train(_):
+                (loss, (n_correct, n_counted)), grads = grad_fn(layout.unravel(flat), code, inputs, targets)
+                return apply_update(optimizer, flat, opt, layout.ravel(grads), loss, n_correct, n_counted, act)
+
+            def skip(_):  # a padding step, a diverged or a padding candidate: no work at all
+                zero = jnp.zeros((), jnp.float32)
+                return flat, opt, {"loss": zero, "accuracy": zero, "grad_norm": zero,
+                                   "finite": jnp.ones((), jnp.bool_)}
+
+            # a real branch: lax.map runs one candidate at a time, so nothing here is vmapped
+            return jax.lax.cond(act, train, skip, None)
+
+        sp_all, opt_state, metrics = jax.lax.map(one, (sp_all, opt_state, codes, active & live))
+        return (sp_all, codes, live), opt_state, metrics
 
     def eval_fn(state, inputs, targets):
-        sp_all, codes = state
+        sp_all, codes, live = state
 
         def one(xs):
-            flat, code = xs
+            flat, code, on = xs
             sp = layout.unravel(flat)
 
             def body(carry, batch):
@@ -319,10 +335,11 @@ def make_data_fns(forward: DataForward, layout: FlatLayout, optimizer, counter: 
                 return (carry[0] + s, carry[1] + c, carry[2] + n), None
 
             zi = jnp.zeros((), jnp.int32)
-            sums, _ = jax.lax.scan(body, (jnp.zeros((), jnp.float32), zi, zi), (inputs, targets))
-            return sums
+            zeros = (jnp.zeros((), jnp.float32), zi, zi)
+            evaluate = lambda _: jax.lax.scan(body, zeros, (inputs, targets))[0]  # noqa: E731
+            return jax.lax.cond(on, evaluate, lambda _: zeros, None)
 
-        return jax.lax.map(one, (sp_all, codes))
+        return jax.lax.map(one, (sp_all, codes, live))
 
     return pop_step, counter.wrap(eval_fn)
 
@@ -338,9 +355,9 @@ def _spread_over_candidates(chunk, eval_fn, mesh):
     c = P("candidates")
     rep = P()
     kw = dict(mesh=mesh, axis_names=frozenset({"candidates"}), check_vma=False)
-    chunk = jax.shard_map(chunk, in_specs=((c, c), c, rep, rep, rep, c),
-                          out_specs=((c, c), c, c, P(None, "candidates")), **kw)
-    eval_fn = jax.shard_map(eval_fn, in_specs=((c, c), rep, rep), out_specs=(c, c, c), **kw)
+    chunk = jax.shard_map(chunk, in_specs=((c, c, c), c, rep, rep, rep, c),
+                          out_specs=((c, c, c), c, c, P(None, "candidates")), **kw)
+    eval_fn = jax.shard_map(eval_fn, in_specs=((c, c, c), rep, rep), out_specs=(c, c, c), **kw)
     return chunk, eval_fn
 
 
@@ -370,9 +387,10 @@ def _compiled(pool: Pool, n_liv: int, task, train_cfg: TrainConfig, mesh, exampl
     return _FN_CACHE[key]
 
 
-def run_data(genomes, cfg, task, train_cfg, mesh, init_params, progress, classes=None):
+def run_data(genomes, cfg, task, train_cfg, mesh, init_params, progress, classes=None, pad_to=None):
     """Train a population with strategy="data"; returns ``(metrics, curves, params, n_compiles,
-    timings)`` as the other strategies."""
+    timings)`` as the other strategies. With ``pad_to`` > P the compiled step is built for
+    ``pad_to`` candidates, and the padding ones are never run."""
     from .api import init_candidates
 
     t0 = time.perf_counter()
@@ -380,24 +398,31 @@ def run_data(genomes, cfg, task, train_cfg, mesh, init_params, progress, classes
     if any(len(g) != n_liv for g in genomes):
         raise ValueError(f"all genomes of a population must have the same number of LIVs, got "
                          f"{sorted({len(g) for g in genomes})}")
-    if mesh is not None and "candidates" in mesh.axis_names and len(genomes) % mesh.shape["candidates"]:
+    n_real = len(genomes)
+    n_all = max(n_real, pad_to or 0)
+    if mesh is not None and "candidates" in mesh.axis_names and n_all % mesh.shape["candidates"]:
         raise ValueError(f"strategy='data' spreads candidates over the mesh axis 'candidates' of size "
-                         f"{mesh.shape['candidates']}; the population ({len(genomes)}) must be a multiple of it")
+                         f"{mesh.shape['candidates']}; the population ({n_all}) must be a multiple of it")
     pool = make_pool(cfg, task.seq_len, classes)
     for g in genomes:
         compile_genome(g, cfg)  # readable errors for genomes cfg cannot fit
     models, params_list = init_candidates(genomes, cfg, task, train_cfg, init_params)
     base = _base_params(pool, n_liv, task.seq_len)
     sps = [to_superset(p, g, pool, base) for p, g in zip(params_list, genomes)]
-    codes = jnp.asarray(np.stack([encode(g, pool) for g in genomes]))
     chunk_fn, eval_fn, optimizer, counter, in_scan, place, layout = _compiled(pool, n_liv, task, train_cfg, mesh, sps[0])
-    sp_all = jnp.asarray(np.stack([np.asarray(layout.ravel(sp)) for sp in sps]))  # [P, size]
+    rows = [np.asarray(layout.ravel(sp)) for sp in sps]
+    code_rows = [encode(g, pool) for g in genomes]
+    pad = n_all - n_real  # padding candidates: copies of the last one, never run
+    sp_all = jnp.asarray(np.stack(rows + rows[-1:] * pad))  # [P, size]
+    codes = jnp.asarray(np.stack(code_rows + code_rows[-1:] * pad))
+    live = jnp.asarray(np.arange(n_all) < n_real)
     opt_state = jax.vmap(optimizer.init)(sp_all)
     t_init = time.perf_counter() - t0
     before = counter.count
     engine = Engine(
-        n=len(genomes),
-        state=((sp_all, codes), opt_state),
+        n=n_all,
+        n_real=n_real,
+        state=((sp_all, codes, live), opt_state),
         chunk_fn=chunk_fn,
         eval_fn=eval_fn,
         unpack_params=lambda st: [

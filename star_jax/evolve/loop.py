@@ -100,8 +100,8 @@ def train_candidates(genomes: Sequence[Genome], config: EvolveConfig, task, *,
                      on_candidate: Callable[[int], None] | None = None) -> list[dict]:
     """The default evaluator: trains genomes with the population engine in one call, or one by one.
 
-    Uses ``star_jax.population.train_population`` with ``config.strategy`` ("auto": "data" on
-    CPU, "static" elsewhere) when the engine and the strategy are available (checked at call
+    Uses ``star_jax.population.train_population`` with ``config.strategy`` ("auto": "sequential"
+    on CPU, "static" elsewhere) when the engine and the strategy are available (checked at call
     time), else ``star_jax.train`` per genome. Both give each
     candidate the same metrics as training it alone.
 
@@ -120,7 +120,8 @@ def train_candidates(genomes: Sequence[Genome], config: EvolveConfig, task, *,
     if strategy == "auto":
         import jax
 
-        strategy = "data" if jax.default_backend() == "cpu" else "static"
+        # measured: on CPU the engines run a candidate-step no faster than a lone model
+        strategy = "sequential" if jax.default_backend() == "cpu" else "static"
     if strategy != "sequential":
         try:
             from star_jax.population import STRATEGIES, train_population

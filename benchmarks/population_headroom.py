@@ -10,8 +10,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import time
+
+from population import _machine  # this directory's population benchmark
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -67,15 +68,15 @@ def main() -> None:
                      "ms_2_in_flight": 1e3 * two, "ms_4_in_flight": 1e3 * four, "ms_vmap_2": 1e3 * vm})
         print(rows[-1], flush=True)
 
-    result = {"machine": {"cpu": platform.processor() or "unknown", "cores": os.cpu_count(),
-                          "jax": jax.__version__, "backend": jax.default_backend()},
+    machine = _machine()
+    result = {"machine": machine,
               "load_average_1min_at_start": os.getloadavg()[0],
               "config": "8 LIVs of one class, width 64, L 128, batch 16, flat AdamW step", "rows": rows}
     os.makedirs(args.out, exist_ok=True)
     with open(os.path.join(args.out, "population_headroom.json"), "w") as f:
         json.dump(result, f, indent=2)
     lines = ["# Parallel headroom for a population engine", "",
-             f"Machine: {os.cpu_count()} cores, JAX {jax.__version__} ({jax.default_backend()}); "
+             f"Machine: {machine['cpu']}, {machine['cores']} cores, JAX {machine['jax']} ({machine['backend']}); "
              f"1-min load average at start {result['load_average_1min_at_start']:.2f}.",
              "One training step of an 8-LIV backbone (width 64, L 128, batch 16), ms per candidate-step.", "",
              "| class | alone | 2 in flight | 4 in flight | vmap over 2 | speed-up of 2 in flight |",

@@ -208,3 +208,40 @@ def test_mesh_of_8_simulated_devices_matches_one_device():
     res = json.loads(lines[-1][len("RESULT "):])
     for strategy in ("static", "data"):
         np.testing.assert_allclose(res[strategy + "_mesh"], res[strategy + "_one"], rtol=1e-5)
+
+
+def test_data_gradient_matches_model_gradient(setting):
+    """The genome-as-data forward's gradient, read back per candidate, is the model's own
+    gradient (this covers the in-place VJPs of the feature-sharing stash), and superset entries
+    a genome does not use get exactly zero."""
+    from star_jax.population import data as D
+    from star_jax.train.step import masked_loss_and_accuracy
+
+    task, cfg, _ = setting
+    rng = np.random.default_rng(3)
+    many = []  # a genome where several followers read their leaders' features, one leader twice
+    while not many:
+        g = sj.random_genome(6, rng, classes=CLASSES, share_prob=0.9)
+        srcs = [s for s in g.sharing().feature_source if s is not None]
+        if len(srcs) >= 3 and len(set(srcs)) < len(srcs):
+            many.append(g)
+    pool = D.make_pool(cfg, task.seq_len, CLASSES)
+    batch = task.sample(jax.random.key(0), 4)
+    inputs, targets = batch[0], batch[1]
+    for g in [sj.Genome.from_string(s) for s in GENOMES] + many:
+        model = sj.build_model(g, cfg)
+        params = model.init(jax.random.key(1), inputs)
+        want = jax.grad(lambda p: masked_loss_and_accuracy(model.apply(p, inputs), targets)[0])(params)
+        base = D._base_params(pool, len(g), task.seq_len)
+        sp = jax.tree.map(jnp.asarray, D.to_superset(params, g, pool, base))
+        fwd = D.DataForward(pool, len(g))
+        code = jnp.asarray(D.encode(g, pool))
+        grad_sp = jax.grad(lambda s: masked_loss_and_accuracy(fwd(s, code, inputs), targets)[0])(sp)
+        got = D.from_superset(grad_sp, g, pool, params)
+        for (path, a), b in zip(jax.tree_util.tree_leaves_with_path(got), jax.tree.leaves(want)):
+            np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-6,
+                                       err_msg=f"{g.short()} {jax.tree_util.keystr(path)}")
+        used = sum(float(jnp.sum(jnp.abs(x))) for x in jax.tree.leaves(D.to_superset(
+            jax.tree.map(jnp.abs, got), g, pool, jax.tree.map(np.zeros_like, base))))
+        total = sum(float(jnp.sum(jnp.abs(x))) for x in jax.tree.leaves(grad_sp))
+        np.testing.assert_allclose(total, used, rtol=1e-5, err_msg=f"{g.short()}: unused entries got gradient")

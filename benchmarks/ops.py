@@ -5,7 +5,7 @@ for speed; this benchmark records the evidence on the current machine and how ea
 
 Usage:
   python benchmarks/ops.py [--lengths 256 1024 4096] [--width 128] [--batch 1] [--repeats 5]
-                           [--out benchmarks/results/ops]
+                           [--out benchmarks/results/ops] [--only NAME ...]
 Writes <out>.json and <out>.md.
 """
 from __future__ import annotations
@@ -25,7 +25,8 @@ import jax.numpy as jnp
 from star_jax.ops.conv import GatedConvFeaturizer, LongConvMixer, ShortConvMixer
 from star_jax.ops.memoryless import GLUFeaturizer, GLUMixer
 from star_jax.ops.primitives import causal_short_conv, fft_causal_conv
-from star_jax.ops.recurrence import RecurrenceFeaturizer, RecurrenceMixer, linear_recurrence
+from star_jax.ops.recurrence import RecurrenceFeaturizer, RecurrenceMixer, linear_recurrence, selective_scan
+from star_jax.ops.recurrence import _selective_scan_loop
 
 try:
     from star_jax.ops.attention import AttentionFeaturizer, AttentionMixer
@@ -109,9 +110,11 @@ def fwd_bwd(feat, mixer):
     return jax.jit(jax.value_and_grad(loss, argnums=(0, 1, 2)))
 
 
-def bench_families(lengths, width, batch, repeats) -> dict:
+def bench_families(lengths, width, batch, repeats, only=()) -> dict:
     results = {}
     for name, (feat, mixer) in family_ops(width).items():
+        if only and not any(o in name for o in only):
+            continue
         for length in lengths:
             m = LongConvMixer(width, length) if mixer is None else mixer
             h = jax.random.normal(jax.random.key(0), (batch, length, width))
@@ -123,8 +126,19 @@ def bench_families(lengths, width, batch, repeats) -> dict:
     return results
 
 
-def _grad_of(f):
-    return jax.jit(jax.grad(lambda *a: jnp.mean(jnp.square(f(*a))), argnums=tuple(range(2))))
+def _grad_of(f, n_args: int = 2):
+    return jax.jit(jax.grad(lambda *a: jnp.mean(jnp.square(f(*a))), argnums=tuple(range(n_args))))
+
+
+def _ssm_args(key, batch, length, width):
+    """Inputs of the S6 scan: x, dt (softplus), A (S4D-real), b, c."""
+    k = jax.random.split(key, 4)
+    x = jax.random.normal(k[0], (batch, length, width))
+    dt = jax.nn.softplus(jax.random.normal(k[1], (batch, length, width)) - 4.0)
+    A = -jnp.broadcast_to(jnp.arange(1, STATE_EXPANSION + 1, dtype=jnp.float32), (width, STATE_EXPANSION))
+    b = jax.random.normal(k[2], (batch, length, STATE_EXPANSION))
+    c = jax.random.normal(k[3], (batch, length, STATE_EXPANSION))
+    return x, dt, A, b, c
 
 
 def direct_long_conv(u, h):
@@ -145,7 +159,7 @@ def grouped_short_conv(u, w):
     )
 
 
-def bench_primitives(lengths, width, batch, repeats) -> dict:
+def bench_primitives(lengths, width, batch, repeats, only=()) -> dict:
     """Chosen vs naive primitive, forward+backward, same inputs."""
     pairs = {
         "long conv: FFT vs direct": (fft_causal_conv, direct_long_conv, lambda L: (L, width)),
@@ -155,23 +169,34 @@ def bench_primitives(lengths, width, batch, repeats) -> dict:
             lambda a, b: linear_recurrence(a, b, "associative"),
             None,
         ),
+        # the fused S6 scan (states stay in the loop): its hand-written VJP vs JAX's autodiff of it
+        "S6 scan: hand-written VJP vs autodiff": (
+            lambda *a: selective_scan(*a, impl="scan"),
+            lambda *a: _selective_scan_loop(*a),
+            "ssm",
+        ),
     }
     results = {}
     for name, (chosen, naive, second_shape) in pairs.items():
+        if only and not any(o in name for o in only):
+            continue
+        n_args = 2
         for length in lengths:
             k1, k2 = jax.random.split(jax.random.key(length))
-            if second_shape is None:  # recurrence on the SSM state [batch, L, d, e]
+            if second_shape == "ssm":
+                args, n_args = _ssm_args(k1, batch, length, width), 5
+            elif second_shape is None:  # recurrence on the SSM state [batch, L, d, e]
                 shape = (batch, length, width, STATE_EXPANSION)
                 args = (jax.random.uniform(k1, shape, minval=0.9, maxval=1.0), jax.random.normal(k2, shape))
             else:
                 args = (jax.random.normal(k1, (batch, length, width)), jax.random.normal(k2, second_shape(length)))
-            a = time_fn(_grad_of(chosen), args, repeats)
+            a = time_fn(_grad_of(chosen, n_args), args, repeats)
             if name.startswith("long") and length > DIRECT_LONG_CONV_MAX_L:
                 b = None
             elif name.startswith("long"):  # slow O(L^2) reference: one timed run, no warm-up
                 b = time_fn(_grad_of(naive), args, 1, warmup=False)
             else:
-                b = time_fn(_grad_of(naive), args, repeats)
+                b = time_fn(_grad_of(naive, n_args), args, repeats)
             row = {"chosen": a, "naive": b, "speedup": (b["ms"] / a["ms"]) if b else None}
             results.setdefault(name, {})[str(length)] = row
             sp = f"{row['speedup']:.1f}x" if b else "n/a"
@@ -225,10 +250,12 @@ def write_markdown(path: str, info: dict, fam: dict, prim: dict, args) -> None:
     lines += [
         "",
         "The recurrence family with scan_impl='scan' runs the fused `selective_scan` (states never leave",
-        "the loop body); the primitive rows time `linear_recurrence` on the materialised SSM states",
+        "the loop body); the 'recurrence: scan vs associative_scan' rows time `linear_recurrence` on the materialised SSM states",
         "[batch, L, width, state_expansion].",
         "Direct long conv = `lax.conv_general_dilated` with `feature_group_count = width`; grouped short",
         "conv likewise with k taps.",
+        "'S6 scan: hand-written VJP vs autodiff' times `selective_scan` (its own backward pass: one",
+        "reverse loop, two steps per iteration) against JAX's autodiff of the same fused forward loop.",
         "",
         "A 1-min load average above the core count means other processes shared the CPUs: absolute",
         "times are then inflated; the ratios measured in the same process are the reliable part.",
@@ -245,12 +272,14 @@ def main() -> None:
     p.add_argument("--batch", type=int, default=1)
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results", "ops"))
+    p.add_argument("--only", nargs="+", default=(),
+                   help="run only the rows whose name contains one of these strings (e.g. 'S6 scan')")
     args = p.parse_args()
     info = machine()
     print(json.dumps(info), flush=True)
     t0 = time.perf_counter()
-    fam = bench_families(args.lengths, args.width, args.batch, args.repeats)
-    prim = bench_primitives(args.lengths, args.width, args.batch, args.repeats)
+    fam = bench_families(args.lengths, args.width, args.batch, args.repeats, args.only)
+    prim = bench_primitives(args.lengths, args.width, args.batch, args.repeats, args.only)
     info["benchmark_wall_s"] = time.perf_counter() - t0
     os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
     record = {"machine": info, "config": {k: v for k, v in vars(args).items() if k != "out"}, "families": fam, "primitives": prim}

@@ -18,7 +18,7 @@ STRATEGIES = ("auto", "static", "data", "sequential")
 """Population-engine strategies (see ``star_jax.population.train_population``); "auto" picks
 "static" on GPU/TPU and "sequential" on CPU when the call is made (on a CPU whose cores one
 model's step already keeps busy, no engine trains candidates faster together than alone:
-``benchmarks/results/population_generations.md``)."""
+``benchmarks/results/population_all.md``)."""
 
 
 class ConfigFieldError(ValueError):

@@ -14,6 +14,7 @@ from star_jax.model.model import build_model
 from star_jax.train.config import TrainConfig
 from star_jax.train.loop import train as train_one
 from star_jax.train.optim import FlatLayout, make_flat_optimizer
+from star_jax.train import parts
 from star_jax.train.step import batch_keys
 
 from .common import Engine, PopulationResult, TraceCounter, make_population_chunk, run_population, sample_in_scan
@@ -60,13 +61,12 @@ def init_candidates(genomes: Sequence[Genome], cfg: ModelConfig, task, train_cfg
     Returns:
         ``(models, params_list)``.
     """
-    init_key, _ = batch_keys(train_cfg.seed)
     models = [build_model(g, cfg) for g in genomes]
     params = []
     for c, m in enumerate(models):
         given = None if init_params is None else init_params[c]
         if given is None:
-            params.append(m.init(init_key, jnp.zeros((1, task.seq_len), jnp.int32)))
+            params.append(parts.init_params(m.program, task.seq_len, train_cfg.seed))
         else:
             params.append(jax.tree.map(jnp.array, given))
     return models, params

@@ -325,10 +325,11 @@ class Task:
         n = inputs.shape[0]
         num_batches = -(-n // batch_size)
         pad = num_batches * batch_size - n
+        xp = np if isinstance(inputs, np.ndarray) else jnp
         if pad:
-            inputs = jnp.concatenate([inputs, jnp.zeros((pad, self.seq_len), jnp.int32)], axis=0)
-            targets = jnp.concatenate(
-                [targets, jnp.full((pad, self.seq_len), IGNORE_INDEX, jnp.int32)], axis=0)
+            inputs = xp.concatenate([inputs, xp.zeros((pad, self.seq_len), xp.int32)], axis=0)
+            targets = xp.concatenate(
+                [targets, xp.full((pad, self.seq_len), IGNORE_INDEX, xp.int32)], axis=0)
         for b in range(num_batches):
             sl = slice(b * batch_size, (b + 1) * batch_size)
             yield inputs[sl], targets[sl]
@@ -393,30 +394,34 @@ class GeneratedTask(Task):
         Returns:
             (inputs, targets): int32 [n, L] each.
         """
-        indices = jnp.asarray(indices, jnp.int32)
+        # concrete indices (the test set, host sampling) are padded and joined with numpy: an
+        # eager jnp op would compile one small program per shape
+        xp = jnp if isinstance(indices, jax.core.Tracer) else np
+        indices = xp.asarray(indices, dtype=xp.int32)
         n = indices.shape[0]
         form = bool(training) or not type(self.config).split_dependent
         kwargs = dict(generator=self.generator, config=self._static_config, training=form)
         stream = self._streams[bool(training)]
+        out = (lambda a: a) if xp is jnp else np.asarray
         if n <= _GEN_CHUNK:
             size = _bucket(n)
-            padded = jnp.concatenate([indices, jnp.zeros((size - n,), jnp.int32)])
+            padded = xp.concatenate([indices, xp.zeros((size - n,), xp.int32)])
             inputs, targets = _generate(stream, padded, **kwargs)
-            return inputs[:n], targets[:n]
+            return out(inputs)[:n], out(targets)[:n]
         parts = []
         for start in range(0, n, _GEN_CHUNK):
             chunk = indices[start:start + _GEN_CHUNK]
             m = chunk.shape[0]
-            chunk = jnp.concatenate([chunk, jnp.zeros((_GEN_CHUNK - m,), jnp.int32)])
+            chunk = xp.concatenate([chunk, xp.zeros((_GEN_CHUNK - m,), xp.int32)])
             inputs, targets = _generate(stream, chunk, **kwargs)
-            parts.append((inputs[:m], targets[:m]))
-        return (jnp.concatenate([p[0] for p in parts]), jnp.concatenate([p[1] for p in parts]))
+            parts.append((out(inputs)[:m], out(targets)[:m]))
+        return (xp.concatenate([p[0] for p in parts]), xp.concatenate([p[1] for p in parts]))
 
     def train_examples(self, indices):
         return self.examples(indices, training=True)
 
     def _make_test_set(self):
-        return self.examples(jnp.arange(self.num_test, dtype=jnp.int32), training=False)
+        return self.examples(np.arange(self.num_test, dtype=np.int32), training=False)
 
     def _iter_stream_inputs(self, n: int, training: bool) -> Iterator[np.ndarray]:
         chunk = 4 * _GEN_CHUNK

@@ -65,7 +65,7 @@ def sampling_is_traceable(task, batch_size: int) -> bool:
     """Whether ``task.sample(key, batch_size)`` can be traced by JAX (then every trainer samples
     its batches inside the compiled scan; otherwise they are sampled on the host)."""
     try:
-        jax.eval_shape(lambda key: task.sample(key, batch_size), jax.random.key(0))
+        jax.eval_shape(lambda: task.sample(jax.random.key(0), batch_size))
     except _TRACE_ERRORS:
         return False
     return True
@@ -223,6 +223,105 @@ def _fit(apply_fn, init_fn, task, cfg: TrainConfig, params, progress: bool) -> T
     )
 
 
+def _fit_parts(program, task, cfg: TrainConfig, params, progress: bool) -> TrainResult:
+    """``_fit`` for a genome's backbone, as a chain of cached part programs (``train.parts``):
+    the same keys, batches, optimizer, chunk plan, evaluation and divergence rule, and nothing
+    compiled for a part kind the process has already compiled."""
+    from star_jax.train import parts as P
+
+    start_time = time.perf_counter()
+    if program.cfg.vocab_size < task.vocab_size:
+        raise ValueError(f"the model's vocabulary ({program.cfg.vocab_size}) is smaller than the task's "
+                         f"({task.vocab_size}): set ModelConfig.vocab_size >= {task.vocab_size}")
+    model = P.PartModel(program, task.seq_len)
+    if params is None:
+        vecs, mus, nus = model.init(cfg.seed)
+    else:
+        vecs = model.from_flax(params)
+        mus = [jax.device_put(np.zeros(v.shape, np.float32)) for v in vecs]
+        nus = [jax.device_put(np.zeros(v.shape, np.float32)) for v in vecs]
+    decays = [p.decay for p in model.progs]
+    hyper = P.hyper_vector(cfg)
+    seed = np.uint32(cfg.seed)
+    count = np.int32(0)
+    alive = np.bool_(True)
+    batch_size = cfg.batch_size
+    traceable = sampling_is_traceable(task, batch_size)
+    sampler = P.batch_sampler(task, batch_size) if traceable else None
+    data_key = None if traceable else batch_keys(cfg.seed)[1]
+    # evaluated at the training batch size: the training programs serve, nothing new compiles
+    test_inputs, test_targets = (jax.device_put(list(a)) for a in stack_test_batches(task, batch_size))
+
+    _, plan = chunk_plan(cfg)
+    records: dict[str, list[np.ndarray]] = {"train_loss": [], "train_accuracy": [], "grad_norm": []}
+    evals: dict[str, list] = {"eval_step": [], "test_loss": [], "test_accuracy": []}
+    diverged = False
+    steps_run = 0
+    last_eval = {"loss": math.inf, "accuracy": 0.0}
+    n_parts = model.n_parts
+    with _progress_bar(progress) as bar:
+        bar_task = bar.add_task("train", total=cfg.steps, info="")
+        for start, stop in plan:
+            chunk = []
+            for s in range(start, stop):
+                if sampler is not None:
+                    inputs, targets = sampler(seed, np.int32(s))
+                else:
+                    x, y = task.sample(step_batch_key(data_key, s), batch_size)
+                    inputs, targets = np.asarray(x, np.int32), np.asarray(y, np.int32)
+                (loss, sums), grads, sq = model.loss_and_grads(vecs, inputs, targets)
+                ok, grad_norm, alive, new_count, metrics = P._step_tail(loss, sums, sq, alive, count)
+                for k in range(n_parts):
+                    vecs[k], mus[k], nus[k] = P._adamw(vecs[k], grads[k], mus[k], nus[k], decays[k], count, ok,
+                                                       grad_norm, hyper)
+                count = new_count
+                chunk.append(metrics)
+            metrics = jax.device_get(chunk)
+            n = stop - start
+            finite = np.array([m["finite"] for m in metrics], bool)
+            if not finite.all():
+                n = int(np.argmin(finite)) + 1  # up to and including the first bad step
+                diverged = True
+            for name, source in (("train_loss", "loss"), ("train_accuracy", "accuracy"),
+                                 ("grad_norm", "grad_norm")):
+                records[name].append(np.array([m[source] for m in metrics[:n]], np.float64))
+            steps_run = start + n
+            info = f"loss {float(metrics[n - 1]['loss']):.4f}"
+            if not diverged and is_eval_point(cfg, stop):
+                loss_sum, n_correct, n_counted = model.eval_sums(vecs, test_inputs, test_targets)
+                if n_counted == 0:
+                    raise ValueError("the test set has no counted targets (all are -100)")
+                last_eval = {"loss": loss_sum / n_counted, "accuracy": int(n_correct) / int(n_counted)}
+                if not math.isfinite(last_eval["loss"]):
+                    diverged = True
+                evals["eval_step"].append(stop)
+                evals["test_loss"].append(last_eval["loss"])
+                evals["test_accuracy"].append(last_eval["accuracy"])
+                info += f"  test loss {last_eval['loss']:.4f}  acc {last_eval['accuracy']:.3f}"
+            bar.update(bar_task, completed=steps_run, info=info)
+            if diverged:
+                bar.update(bar_task, info=info + "  [red]diverged")
+                break
+
+    curve = {name: np.concatenate(parts) for name, parts in records.items()}
+    curve["train_loss"] = np.where(np.isfinite(curve["train_loss"]), curve["train_loss"], np.inf)
+    curve["step"] = np.arange(1, steps_run + 1, dtype=np.int64)
+    curve["lr"] = P.lr_curve(cfg, steps_run)
+    curve["eval_step"] = np.asarray(evals["eval_step"], np.int64)
+    curve["test_loss"] = np.where(np.isfinite(evals["test_loss"]), evals["test_loss"], np.inf)
+    curve["test_loss"] = np.asarray(curve["test_loss"], np.float64).reshape(-1)
+    curve["test_accuracy"] = np.asarray(evals["test_accuracy"], np.float64).reshape(-1)
+    if diverged:
+        metrics_out = {"train_loss": math.inf, "test_loss": math.inf, "test_accuracy": 0.0}
+    else:
+        metrics_out = {"train_loss": final_train_loss(curve["train_loss"]),
+                       "test_loss": float(last_eval["loss"]),
+                       "test_accuracy": float(last_eval["accuracy"])}
+    metrics_out.update(diverged=diverged, steps_run=int(steps_run))
+    return TrainResult(params=model.to_flax(vecs), metrics=metrics_out, curve=curve, config=cfg,
+                       seconds=time.perf_counter() - start_time)
+
+
 def fit(model, task, train_cfg: TrainConfig, *, params=None, progress: bool = True) -> TrainResult:
     """Train a Flax module on a task and evaluate it on the task's fixed test set.
 
@@ -248,6 +347,10 @@ def fit(model, task, train_cfg: TrainConfig, *, params=None, progress: bool = Tr
     """
     if not isinstance(train_cfg, TrainConfig):
         raise TypeError(f"train_cfg must be a TrainConfig, got {type(train_cfg).__name__}")
+    from star_jax.model.model import StarModel
+
+    if type(model) is StarModel:  # a genome's backbone: cached part programs
+        return _fit_parts(model.program, task, train_cfg, params, progress)
     return _fit(model.apply, model.init, task, train_cfg, params, progress)
 
 
@@ -287,7 +390,13 @@ def train(genome, model_cfg, task, train_cfg: TrainConfig | None = None, *, para
     Returns:
         A ``TrainResult`` (see ``fit``).
     """
-    from star_jax.model import build_model
+    from star_jax.genome import Genome
+    from star_jax.model import compile_genome
 
-    model = build_model(genome, model_cfg)
-    return fit_model(model, task, train_cfg, params=params, progress=progress, **overrides)
+    if isinstance(genome, str):
+        genome = Genome.from_string(genome)
+    program = compile_genome(genome, model_cfg)
+    cfg = (train_cfg or TrainConfig()).replace(**overrides)
+    if not isinstance(cfg, TrainConfig):
+        raise TypeError(f"train_cfg must be a TrainConfig, got {type(cfg).__name__}")
+    return _fit_parts(program, task, cfg, params, progress)

@@ -19,29 +19,11 @@ class CliError(Exception):
 
 
 def setup_compilation_cache() -> str | None:
-    """Turns on JAX's persistent compilation cache for this process.
+    """Turns on JAX's persistent compilation cache for this process (see
+    ``star_jax.compile_cache.enable_compilation_cache``); returns its directory or None."""
+    from star_jax.compile_cache import enable_compilation_cache
 
-    The directory is ``$STAR_JAX_CACHE_DIR`` if set (``off`` disables the cache), else
-    ``star_jax/jax`` under ``$XDG_CACHE_HOME`` (default ``~/.cache``).
-
-    Returns:
-        The cache directory, or None when disabled.
-    """
-    import jax
-
-    path = os.environ.get("STAR_JAX_CACHE_DIR")
-    if path is not None and path.strip().lower() in ("", "0", "off", "none"):
-        return None
-    if not path:
-        base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-        path = os.path.join(base, "star_jax", "jax")
-    try:
-        os.makedirs(path, exist_ok=True)
-    except OSError:
-        return None
-    jax.config.update("jax_compilation_cache_dir", path)
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
-    return path
+    return enable_compilation_cache()
 
 
 def _one_line(e: BaseException) -> str:

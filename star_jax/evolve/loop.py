@@ -453,6 +453,7 @@ def evolve(config: EvolveConfig, run_dir, *, progress: bool = True, evaluator: E
         config: the run config.
         run_dir: the run directory (created; an existing run with the same config is resumed).
         progress: show progress bars and print the final Pareto front table.
+            JAX's persistent compilation cache is turned on (``star_jax.compile_cache``).
         evaluator: training function (default ``train_candidates``); see ``Evaluator``.
         resume: if False, an existing run in ``run_dir`` is an error.
 
@@ -474,10 +475,12 @@ def evolve(config: EvolveConfig, run_dir, *, progress: bool = True, evaluator: E
             genomes = [Genome.from_array(f) for f in flat]
             state = strategy.tell(state, flat, my_objectives(genomes))   # [16, 2], minimised
     """
+    from star_jax.compile_cache import enable_compilation_cache
     from star_jax.io import MetricLogger, RunDir
 
     if not isinstance(config, EvolveConfig):
         raise TypeError(f"config must be an EvolveConfig, got {type(config).__name__}")
+    enable_compilation_cache()  # off with STAR_JAX_CACHE_DIR=off
     evaluator = evaluator or train_candidates
     task = config.make_task()
     rd = RunDir(run_dir)

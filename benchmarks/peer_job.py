@@ -66,7 +66,7 @@ def _worker(job: str, generations: int, strategy: str | None) -> dict:
     import star_jax as sj
 
     t_import = time.perf_counter() - t_start
-    task = sj.tasks.make("in_context_recall", vocab_size=VOCAB, seq_len=SEQ + 1)
+    task = sj.tasks.make("in_context_recall", vocab_size=VOCAB, seq_len=SEQ)
     cfg = sj.ModelConfig(width=WIDTH, vocab_size=VOCAB, max_len=task.seq_len, head_dim=16)
     train_cfg = sj.TrainConfig(steps=STEPS, batch_size=BATCH, warmup_steps=10, lr=1e-3)
     out: dict = {"job": job, "cache_dir_set": cache is not None, "import_s": t_import, "parts": []}

@@ -279,6 +279,9 @@ def _schedule(hyper, count, xp=jnp):
     return xp.where(s < warmup, warm, cosine)
 
 
+_ZERO = np.float32(0.0)
+
+
 @jax.jit
 def _sqnorm(g):
     return jnp.sum(jnp.square(g))
@@ -444,7 +447,9 @@ class PartModel:
         grads[0], sq[0] = self.progs[0].bwd(vecs[0], inputs, dx)
         for k in summed:
             sq[k] = _sqnorm(grads[k])
-        return (loss, sums), grads, tuple(sq)
+        # padded with zeros to a power of two: backbones of other lengths share ``_step_tail``
+        width = max(8, 1 << (n - 1).bit_length())
+        return (loss, sums), grads, tuple(sq) + (_ZERO,) * (width - n)
 
     def eval_sums(self, vecs, inputs, targets):
         """Summed loss and counts over batches (sequences of [B, L] arrays), with the training

@@ -1,6 +1,10 @@
 #!/usr/bin/env bash
-# Population engine on an accelerator: the correctness tests, then a GPU-sized benchmark.
-# Usage: benchmarks/gpu_check.sh OUT_DIR   (about 5 minutes; writes OUT_DIR/*.log, *.md, *.json)
+# One GPU, one script, about 5 minutes after the machine is up: the compile-count tests, the
+# Transformer++ job end to end (cold and warm compilation cache), then one generation of 16
+# random 8-LIV genomes per population strategy. Each part has its own timeout and writes its
+# results under OUT_DIR before the next part starts, so a timeout never loses a finished part.
+# Runs with the machine's own jax/flax/optax (no install): PYTHONPATH points at this checkout.
+# Usage: benchmarks/gpu_check.sh OUT_DIR
 set -u
 OUT="${1:?usage: benchmarks/gpu_check.sh OUT_DIR}"
 mkdir -p "$OUT"
@@ -9,13 +13,22 @@ PY="${PYTHON:-python}"
 [ -x .venv/bin/python ] && PY="${PYTHON:-.venv/bin/python}"
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 export XLA_PYTHON_CLIENT_PREALLOCATE=false
-"$PY" -c "import jax; print(jax.__version__, jax.default_backend(), jax.devices())" 2>&1 | tee "$OUT/devices.log"
-# 1. correctness (every strategy against star_jax.train; compile counts; divergence; chunks). The
-# gradient-level identity test (about 50 s of compiles) is left to CI to keep this under 5 minutes.
-timeout 150 "$PY" -m pytest tests/test_population.py -q -m "not slow" -x --durations=10 \
-  -k "not gradient_matches_model" 2>&1 | tee "$OUT/tests.log"
-echo "tests exit: ${PIPESTATUS[0]}" | tee -a "$OUT/tests.log"
-# 2. benchmark, GPU-sized: 16 genomes, 8 LIVs, width 128, L 256, batch 32, 200 steps
-timeout 150 "$PY" benchmarks/population.py --out "$OUT" --name population_gpu --strategies static,data,sequential \
-  --population 16 --n-liv 8 --width 128 --seq-len 256 --batch 32 --steps 200 --timeout 60 2>&1 | tee "$OUT/bench.log"
-echo "bench exit: ${PIPESTATUS[0]}" | tee -a "$OUT/bench.log"
+export STAR_JAX_TEST_CACHE="$OUT/.test_cache"
+part() {  # part NAME SECONDS COMMAND...: run, log, record the exit status at once
+  local name=$1 secs=$2; shift 2
+  local t0=$SECONDS
+  timeout "$secs" "$@" > "$OUT/$name.log" 2>&1
+  local rc=$?
+  echo "{\"part\": \"$name\", \"exit\": $rc, \"seconds\": $((SECONDS - t0)), \"limit\": $secs}" >> "$OUT/parts.jsonl"
+}
+part devices 30 "$PY" -c "import jax, flax, optax; print(jax.__version__, flax.__version__, optax.__version__, jax.default_backend(), jax.devices())"
+# 1. what a training call compiles (second call 0, new genome 0, fresh process <= 20)
+part compile_tests 75 "$PY" -m pytest tests/test_compile.py -q -x -p no:cacheprovider
+# 2. 16 Transformer++ candidates end to end, cold then warm cache (each process at most 50 s)
+part peer_job 110 "$PY" benchmarks/peer_job.py --out "$OUT" --name peer_job_gpu --timeout 50
+# 3. one generation of 16 random 8-LIV genomes per strategy (issue-5 setting), a fresh process each
+for s in sequential static data; do
+  part "population_$s" 60 "$PY" benchmarks/population.py --out "$OUT" --name "population_gpu_$s" \
+    --strategies "$s:1" --timeout 50
+done
+cat "$OUT/parts.jsonl"

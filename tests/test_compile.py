@@ -183,7 +183,7 @@ _FRESH = textwrap.dedent("""
 
 
 def _fresh_process(cache_dir: str) -> dict:
-    env = dict(os.environ, STAR_JAX_CACHE_DIR=cache_dir, JAX_PLATFORMS="cpu")
+    env = dict(os.environ, STAR_JAX_CACHE_DIR=cache_dir)
     env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
     out = subprocess.run([sys.executable, "-c", _FRESH], env=env, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]

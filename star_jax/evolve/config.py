@@ -16,9 +16,11 @@ __all__ = ["EvolveConfig", "ConfigFieldError", "STRATEGIES", "quick"]
 
 STRATEGIES = ("auto", "static", "data", "sequential")
 """Population-engine strategies (see ``star_jax.population.train_population``); "auto" picks
-"static" on GPU/TPU and "sequential" on CPU when the call is made (on a CPU whose cores one
-model's step already keeps busy, no engine trains candidates faster together than alone:
-``benchmarks/results/population_all.md``)."""
+"sequential": candidates one by one through ``star_jax.train``'s part programs, which compile once
+per LIV kind and never again for a new genome (``benchmarks/results/peer_job*.md``). "static"
+compiles once per call and "data" once per run, each a whole-population program that takes
+minutes to compile on CPU. On GPU/TPU the choice is not measured yet: ``benchmarks/gpu_check.sh``
+times all three."""
 
 
 class ConfigFieldError(ValueError):

@@ -100,9 +100,9 @@ def train_candidates(genomes: Sequence[Genome], config: EvolveConfig, task, *,
                      on_candidate: Callable[[int], None] | None = None) -> list[dict]:
     """The default evaluator: trains genomes with the population engine in one call, or one by one.
 
-    Uses ``star_jax.population.train_population`` with ``config.strategy`` ("auto": "sequential"
-    on CPU, "static" elsewhere) when the engine and the strategy are available (checked at call
-    time), else ``star_jax.train`` per genome. Both give each
+    Uses ``star_jax.population.train_population`` with ``config.strategy`` ("auto":
+    "sequential", see ``star_jax.evolve.config.STRATEGIES``) when the engine and the strategy are
+    available (checked at call time), else ``star_jax.train`` per genome. Both give each
     candidate the same metrics as training it alone.
 
     Arguments:
@@ -118,10 +118,8 @@ def train_candidates(genomes: Sequence[Genome], config: EvolveConfig, task, *,
         return []
     strategy = config.strategy
     if strategy == "auto":
-        import jax
-
-        # measured: on CPU the engines run a candidate-step no faster than a lone model
-        strategy = "sequential" if jax.default_backend() == "cpu" else "static"
+        # one by one through the part programs: nothing compiles for a genome of known LIV kinds
+        strategy = "sequential"
     if strategy != "sequential":
         try:
             from star_jax.population import STRATEGIES, train_population

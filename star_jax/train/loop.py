@@ -259,6 +259,7 @@ def _fit_parts(program, task, cfg: TrainConfig, params, progress: bool) -> Train
     steps_run = 0
     last_eval = {"loss": math.inf, "accuracy": 0.0}
     n_parts = model.n_parts
+    hold: list = []
     with _progress_bar(progress) as bar:
         bar_task = bar.add_task("train", total=cfg.steps, info="")
         for start, stop in plan:
@@ -269,13 +270,18 @@ def _fit_parts(program, task, cfg: TrainConfig, params, progress: bool) -> Train
                 else:
                     x, y = task.sample(step_batch_key(data_key, s), batch_size)
                     inputs, targets = np.asarray(x, np.int32), np.asarray(y, np.int32)
-                (loss, sums), grads, sq = model.loss_and_grads(vecs, inputs, targets)
+                # this step's intermediates stay referenced until the next step is queued: freeing
+                # an array whose program has not run yet would block the host (see loss_and_grads)
+                hold, prev_hold = [inputs, targets, count, alive], hold
+                (loss, sums), grads, sq = model.loss_and_grads(vecs, inputs, targets, hold)
                 ok, grad_norm, alive, new_count, metrics = P._step_tail(loss, sums, sq, alive, count)
+                hold += [loss, sums, sq, ok, grad_norm]
                 for k in range(n_parts):
                     vecs[k], mus[k], nus[k] = P._adamw(vecs[k], grads[k], mus[k], nus[k], decays[k], count, ok,
                                                        grad_norm, hyper)
                 count = new_count
                 chunk.append(metrics)
+                del prev_hold
             metrics = jax.device_get(chunk)
             n = stop - start
             finite = np.array([m["finite"] for m in metrics], bool)

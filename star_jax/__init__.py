@@ -35,3 +35,6 @@ from star_jax import evolve  # a callable package: sj.evolve(config, run_dir)
 from star_jax.evolve import EvolveConfig, EvolveResult
 
 __all__ += ["evolve", "EvolveConfig", "EvolveResult"]
+from star_jax.compile_cache import enable_compilation_cache
+
+__all__ += ["enable_compilation_cache"]

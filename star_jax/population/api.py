@@ -133,10 +133,11 @@ def train_population(genomes: Sequence[Genome | str], cfg: ModelConfig, task, tr
         task: the task (``sample``, ``test_batches``, ``seq_len``, ``vocab_size``).
         train_cfg: the training config (default ``TrainConfig()``).
         strategy: ``"static"`` (group equal-signature slots and ``vmap`` them; one compile per
-            call; the GPU/TPU default), ``"data"`` (genomes as integer arrays, superset
-            parameters, ``lax.switch`` inside ``lax.map``; no recompilation across calls with
-            the same shapes; good on CPU) or ``"sequential"`` (``star_jax.train`` one candidate
-            after another: the reference).
+            call), ``"data"`` (genomes as integer arrays, superset parameters, ``lax.switch``
+            inside ``lax.map``; one compile per run for calls with the same shapes) or
+            ``"sequential"`` (``star_jax.train`` one candidate after another through its part
+            programs: nothing compiled for genomes of LIV kinds already seen; what
+            ``star_jax.evolve`` uses by default).
         mesh: optional ``jax.sharding.Mesh`` with axes ``("data",)`` or ``("candidates",
             "data")``: the batch is sharded over ``"data"``; ``"data"`` strategy spreads
             candidates over ``"candidates"``.

@@ -382,3 +382,65 @@ def test_write_json_atomic_keeps_old_content_on_failure(tmp_path):
         write_json_atomic(path, {"generation": 2, "bad": object()})
     assert json.loads(path.read_text()) == {"generation": 1}
     assert [p.name for p in tmp_path.iterdir()] == ["state.json"]
+
+
+# --------------------------------------------------------------------------- one writer per run
+_HOLD = """
+import sys, time
+from star_jax.io import RunDir
+with RunDir(sys.argv[1]).lock():
+    print("locked", flush=True)
+    time.sleep(60)
+"""
+
+
+def test_second_writer_is_refused_naming_the_holder(tmp_path):
+    from star_jax.io import RunDirBusy
+
+    env = dict(os.environ, PYTHONPATH=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    holder = subprocess.Popen([sys.executable, "-c", _HOLD, str(tmp_path / "run")], stdout=subprocess.PIPE,
+                              text=True, env=env)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        with pytest.raises(RunDirBusy, match=rf"in use by process {holder.pid} on host .* \(started "):
+            with RunDir(tmp_path / "run").lock():
+                pass
+        # readers need no lock: the report of a run in progress still reads its records
+        RunDir(tmp_path / "run").read_evaluations()
+    finally:
+        holder.kill()
+        holder.wait()
+    # kill -9 left the holder's lock file behind: the next writer takes it over, with a warning
+    with pytest.warns(RuntimeWarning, match=rf"taking over the lock left by process {holder.pid}"):
+        with RunDir(tmp_path / "run").lock():
+            pass
+    # a clean exit leaves nothing to take over
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with RunDir(tmp_path / "run").lock():
+            pass
+
+
+def test_two_evolutions_on_one_run_directory_do_not_both_write(tmp_path):
+    env = dict(os.environ, PYTHONPATH=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    holder = subprocess.Popen([sys.executable, "-c", _HOLD, str(tmp_path / "run")], stdout=subprocess.PIPE,
+                              text=True, env=env)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        out = subprocess.run([sys.executable, "-m", "star_jax.cli", "evolve", "--run-dir", str(tmp_path / "run")],
+                             capture_output=True, text=True, env=env, timeout=120)
+    finally:
+        holder.kill()
+        holder.wait()
+    assert out.returncode == 2
+    assert f"in use by process {holder.pid}" in out.stderr
+    assert len(out.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "run" / "config.json").exists()
+
+
+def test_damaged_config_is_named(tmp_path):
+    run = RunDir(tmp_path / "run")
+    run.init({"seed": 0})
+    run.config_path.write_text("{seed: 0", encoding="utf-8")
+    with pytest.raises(RunDirError, match=r"config\.json is damaged"):
+        RunDir(tmp_path / "run").init({"seed": 0})

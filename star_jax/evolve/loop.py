@@ -482,88 +482,89 @@ def evolve(config: EvolveConfig, run_dir, *, progress: bool = True, evaluator: E
     evaluator = evaluator or train_candidates
     task = config.make_task()
     rd = RunDir(run_dir)
-    rd.init(config.to_dict(), resume=resume)
-    strategy = _make_strategy(config)
-    restored = _restore(rd, strategy, config)
-    if restored is None:
-        state = strategy.init(config.seed, _initial_population(config))
-        start, archive, hv, pop_hv, ref, baseline_records = 0, {}, [], [], None, []
-    else:
-        start, state, archive, hv, pop_hv, ref, baseline_records = restored
-    if ref is None and config.reference_point is not None:
-        ref = config.reference_point
-    rd.filter_evaluations(lambda r: not (isinstance(r, dict) and isinstance(r.get("generation"), int)
-                                         and r["generation"] >= start))
-    baselines_path = rd.path / BASELINES_FILE
-    _write_baselines(baselines_path, baseline_records)
-    missing_baselines = {} if not (config.baselines and start == 0) else {
-        name: g for name, g in baseline_genomes(config.n_liv).items()
-        if name not in {r["baseline"] for r in baseline_records}}
-    total = config.generations + 1
-    logger = MetricLogger(rd, purge_step=start)
-    display = _Display(progress, total, start)
-    manager = rd.checkpoint_manager(keep=3)
-    try:
-        for gen in range(start, total):
-            t0 = time.perf_counter()
-            flat, state = strategy.ask(state)
-            genomes = [Genome.from_array(f) for f in flat]
-            new: dict[str, Genome] = {}
-            for g in genomes:
-                h = g.content_hash()
-                if h not in archive and h not in new:
-                    new[h] = g
-            extra = {}  # baselines trained in the same call, once per run
-            for name, g in missing_baselines.items():
-                if g.content_hash() not in new:
-                    extra[name] = g
-            batch = list(new.values()) + list(extra.values())
-            display.start_generation(gen, len(batch), len(genomes) - len(new))
-            records = _evaluate(batch, config, task, gen, evaluator, on_candidate=display.candidate)
-            by_hash = {r["hash"]: r for r in records}
-            for name, g in missing_baselines.items():
-                rec = dict(by_hash[g.content_hash()], baseline=name)
-                rec["generation"] = None
-                baseline_records.append(rec)
-            if missing_baselines:
-                _write_baselines(baselines_path, baseline_records)
-            missing_baselines = {}
-            for h in new:
-                archive[h] = by_hash[h]
-                rd.append_evaluation(by_hash[h])
-            gen_records = [archive[g.content_hash()] for g in genomes]
-            f, cv = _objective_matrix(gen_records, config)
-            state = strategy.tell(state, flat, f, cv)
-            if ref is None:
-                ref = _derive_reference(gen_records, config)
-            pop_records = [archive[Genome.from_array(g).content_hash()] for g in state.population]
-            hv.append(_hv(list(archive.values()), config, ref))
-            pop_hv.append(_hv(pop_records, config, ref))
-            front = pareto_front(list(archive.values()), config)
-            seconds = time.perf_counter() - t0
-            metrics = {"evaluated": len(new), "archive_size": len(archive), "front_size": len(front),
-                       "hypervolume": hv[-1], "population_hypervolume": pop_hv[-1], "seconds": seconds}
-            pop_f, _ = _objective_matrix(pop_records, config)
-            for j, name in enumerate(config.objectives):
-                col = pop_f[:, j][np.isfinite(pop_f[:, j])]
-                if col.size:
-                    metrics[f"best/{name}"] = float(col.min())
-            logger.log(gen, metrics)
-            arrays, nsga_meta = state_to_dict(state)
-            manager.save(gen + 1, {"nsga2": arrays}, meta={
-                "format": RUN_FORMAT, "generation": gen + 1, "nsga2": nsga_meta,
-                "archive": list(archive.values()), "hypervolume": hv, "population_hypervolume": pop_hv,
-                "reference_point": None if ref is None else list(ref), "baselines": baseline_records})
-            best = ", ".join(f"{k} {v:.4g}" for k, v in metrics.items() if k.startswith("best/"))
-            display.end_generation(f"generation {gen}: {len(new)} new, front {len(front)}, "
-                                   f"hypervolume {hv[-1]:.4g}, {best}, {seconds:.1f}s")
-    finally:
-        display.stop()
-        logger.close()
-        manager.close()
-    result = _result(config, rd, max(start, total), state, archive, hv, pop_hv, ref, baseline_records)
-    if progress:
-        from star_jax.evolve.report import print_front
+    with rd.lock():  # one writer per run directory
+        rd.init(config.to_dict(), resume=resume)
+        strategy = _make_strategy(config)
+        restored = _restore(rd, strategy, config)
+        if restored is None:
+            state = strategy.init(config.seed, _initial_population(config))
+            start, archive, hv, pop_hv, ref, baseline_records = 0, {}, [], [], None, []
+        else:
+            start, state, archive, hv, pop_hv, ref, baseline_records = restored
+        if ref is None and config.reference_point is not None:
+            ref = config.reference_point
+        rd.filter_evaluations(lambda r: not (isinstance(r, dict) and isinstance(r.get("generation"), int)
+                                             and r["generation"] >= start))
+        baselines_path = rd.path / BASELINES_FILE
+        _write_baselines(baselines_path, baseline_records)
+        missing_baselines = {} if not (config.baselines and start == 0) else {
+            name: g for name, g in baseline_genomes(config.n_liv).items()
+            if name not in {r["baseline"] for r in baseline_records}}
+        total = config.generations + 1
+        logger = MetricLogger(rd, purge_step=start)
+        display = _Display(progress, total, start)
+        manager = rd.checkpoint_manager(keep=3)
+        try:
+            for gen in range(start, total):
+                t0 = time.perf_counter()
+                flat, state = strategy.ask(state)
+                genomes = [Genome.from_array(f) for f in flat]
+                new: dict[str, Genome] = {}
+                for g in genomes:
+                    h = g.content_hash()
+                    if h not in archive and h not in new:
+                        new[h] = g
+                extra = {}  # baselines trained in the same call, once per run
+                for name, g in missing_baselines.items():
+                    if g.content_hash() not in new:
+                        extra[name] = g
+                batch = list(new.values()) + list(extra.values())
+                display.start_generation(gen, len(batch), len(genomes) - len(new))
+                records = _evaluate(batch, config, task, gen, evaluator, on_candidate=display.candidate)
+                by_hash = {r["hash"]: r for r in records}
+                for name, g in missing_baselines.items():
+                    rec = dict(by_hash[g.content_hash()], baseline=name)
+                    rec["generation"] = None
+                    baseline_records.append(rec)
+                if missing_baselines:
+                    _write_baselines(baselines_path, baseline_records)
+                missing_baselines = {}
+                for h in new:
+                    archive[h] = by_hash[h]
+                    rd.append_evaluation(by_hash[h])
+                gen_records = [archive[g.content_hash()] for g in genomes]
+                f, cv = _objective_matrix(gen_records, config)
+                state = strategy.tell(state, flat, f, cv)
+                if ref is None:
+                    ref = _derive_reference(gen_records, config)
+                pop_records = [archive[Genome.from_array(g).content_hash()] for g in state.population]
+                hv.append(_hv(list(archive.values()), config, ref))
+                pop_hv.append(_hv(pop_records, config, ref))
+                front = pareto_front(list(archive.values()), config)
+                seconds = time.perf_counter() - t0
+                metrics = {"evaluated": len(new), "archive_size": len(archive), "front_size": len(front),
+                           "hypervolume": hv[-1], "population_hypervolume": pop_hv[-1], "seconds": seconds}
+                pop_f, _ = _objective_matrix(pop_records, config)
+                for j, name in enumerate(config.objectives):
+                    col = pop_f[:, j][np.isfinite(pop_f[:, j])]
+                    if col.size:
+                        metrics[f"best/{name}"] = float(col.min())
+                logger.log(gen, metrics)
+                arrays, nsga_meta = state_to_dict(state)
+                manager.save(gen + 1, {"nsga2": arrays}, meta={
+                    "format": RUN_FORMAT, "generation": gen + 1, "nsga2": nsga_meta,
+                    "archive": list(archive.values()), "hypervolume": hv, "population_hypervolume": pop_hv,
+                    "reference_point": None if ref is None else list(ref), "baselines": baseline_records})
+                best = ", ".join(f"{k} {v:.4g}" for k, v in metrics.items() if k.startswith("best/"))
+                display.end_generation(f"generation {gen}: {len(new)} new, front {len(front)}, "
+                                       f"hypervolume {hv[-1]:.4g}, {best}, {seconds:.1f}s")
+        finally:
+            display.stop()
+            logger.close()
+            manager.close()
+        result = _result(config, rd, max(start, total), state, archive, hv, pop_hv, ref, baseline_records)
+        if progress:
+            from star_jax.evolve.report import print_front
 
-        print_front(result)
-    return result
+            print_front(result)
+        return result

@@ -5,7 +5,7 @@ The only package that imports orbax, so checkpoint-format churn stays behind the
 from star_jax.io.checkpoint import CheckpointError, CheckpointManager, CheckpointWarning
 from star_jax.io.jsonutil import RunStateWarning, config_hash, to_jsonable, write_json_atomic
 from star_jax.io.logs import MetricLogger
-from star_jax.io.rundir import RunConfigMismatch, RunDir, RunDirError
+from star_jax.io.rundir import RunConfigMismatch, RunDir, RunDirBusy, RunDirError
 
 __all__ = [
     "CheckpointError",
@@ -13,6 +13,7 @@ __all__ = [
     "CheckpointWarning",
     "MetricLogger",
     "RunConfigMismatch",
+    "RunDirBusy",
     "RunDir",
     "RunDirError",
     "RunStateWarning",

@@ -5,10 +5,14 @@ rather than silently mixing two experiments.
 """
 from __future__ import annotations
 
+import contextlib
+import datetime
 import json
 import os
 import pathlib
-from typing import Any, Callable
+import socket
+import warnings
+from typing import Any, Callable, Iterator
 
 from star_jax.io.jsonutil import (append_jsonl, read_jsonl, repair_jsonl, rewrite_jsonl,
                                   to_jsonable, write_json_atomic)
@@ -20,6 +24,13 @@ class RunDirError(RuntimeError):
 
 class RunConfigMismatch(RunDirError):
     """The run directory was started with a different config than the one given now."""
+
+
+class RunDirBusy(RunDirError):
+    """Another process is writing to the run directory."""
+
+
+LOCK_FILE = "run.lock"
 
 
 def _flatten_config(obj: Any, prefix: str = "") -> dict[str, Any]:
@@ -65,6 +76,21 @@ def _show(value: Any) -> str:
     return "(missing)" if value is _MISSING else json.dumps(value, sort_keys=True)
 
 
+def _describe_holder(text: str) -> str:
+    try:
+        h = json.loads(text)
+        return f"process {h['pid']} on host {h['host']} (started {h['started']})"
+    except (ValueError, KeyError, TypeError):
+        return "an unknown process"
+
+
+def _holder(path: pathlib.Path) -> str:
+    try:
+        return _describe_holder(path.read_text(encoding="utf-8").strip())
+    except OSError:
+        return "an unknown process"
+
+
 class RunDir:
     """Paths and append-only records of one run directory.
 
@@ -89,6 +115,47 @@ class RunDir:
     def __repr__(self) -> str:
         return f"RunDir({str(self.path)!r})"
 
+    @contextlib.contextmanager
+    def lock(self) -> Iterator[None]:
+        """Hold the run directory's writer lock (``run.lock``) for the block.
+
+        One writer per run directory: the lock is an exclusive ``flock`` on ``run.lock``, which
+        names its holder (pid, host, start time). The operating system releases it when the
+        holder exits in any way (kill -9 included), so a lock file left by a dead process is
+        taken over, with a warning naming that process. Readers (``star-jax report``) never
+        take it. (``flock`` is local to one machine: on a network file system shared by
+        several hosts it may not exclude a writer on another host.)
+
+        Raises:
+          RunDirBusy: another live process holds the lock; the message names it.
+        """
+        import fcntl
+
+        self.path.mkdir(parents=True, exist_ok=True)
+        path = self.path / LOCK_FILE
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise RunDirBusy(f"run directory {self.path} is in use by {_holder(path)}; wait for it to "
+                                 f"finish or stop it, or use another --run-dir") from None
+            previous = os.read(fd, 4096).decode("utf-8", "replace").strip()
+            if previous:
+                warnings.warn(f"{path}: taking over the lock left by {_describe_holder(previous)}, "
+                              f"which is no longer running", RuntimeWarning, stacklevel=3)
+            me = {"pid": os.getpid(), "host": socket.gethostname(),
+                  "started": datetime.datetime.now().astimezone().isoformat(timespec="seconds")}
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, json.dumps(me).encode("utf-8"), 0)
+            os.fsync(fd)
+            try:
+                yield
+            finally:
+                os.ftruncate(fd, 0)  # a clean exit leaves an empty (unheld) lock file
+        finally:
+            os.close(fd)
+
     def exists(self) -> bool:
         """Whether a run was started here (its config.json exists).
 
@@ -105,7 +172,11 @@ class RunDir:
         """
         if not self.config_path.exists():
             raise RunDirError(f"{self.path} holds no run (no config.json)")
-        return json.loads(self.config_path.read_text(encoding="utf-8"))
+        try:
+            return json.loads(self.config_path.read_text(encoding="utf-8"))
+        except (ValueError, UnicodeDecodeError) as e:
+            raise RunDirError(f"{self.config_path} is damaged ({e}); restore it (the run's config is also "
+                              f"in its checkpoints and logs) or start a fresh run with another --run-dir") from None
 
     def init(self, config: Any, *, resume: bool = True) -> bool:
         """Starts a run here, or checks the config of the run already here and resumes it.

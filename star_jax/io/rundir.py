@@ -175,8 +175,8 @@ class RunDir:
         try:
             return json.loads(self.config_path.read_text(encoding="utf-8"))
         except (ValueError, UnicodeDecodeError) as e:
-            raise RunDirError(f"{self.config_path} is damaged ({e}); restore it (the run's config is also "
-                              f"in its checkpoints and logs) or start a fresh run with another --run-dir") from None
+            raise RunDirError(f"{self.config_path} is damaged ({e}); restore it from a copy, or start a "
+                              f"fresh run with another --run-dir") from None
 
     def init(self, config: Any, *, resume: bool = True) -> bool:
         """Starts a run here, or checks the config of the run already here and resumes it.

@@ -32,7 +32,10 @@ class TrainConfig:
         b2: AdamW second-moment decay, in [0, 1).
         eval_every: evaluate on the test set every this many steps (and always after the last
             step); 0 evaluates only at the end. >= 0.
-        eval_batch_size: sequences per evaluation batch, >= 1.
+        eval_batch_size: sequences per evaluation batch, >= 1. Used by ``fit`` of other flax
+            modules and by the whole-population strategies; a genome's backbone
+            (``star_jax.train``) is evaluated at ``batch_size`` with its training programs, so
+            evaluation compiles nothing (the metrics are the same sums over the same test set).
         seed: the run's seed (parameter init and batch order), an integer in [0, 2**32).
     """
 

@@ -30,18 +30,32 @@ def _worker(run_dir: str) -> dict:
 
     seconds = {v: 0.0 for v in EVENTS.values()}
     counts = {v: 0 for v in EVENTS.values()}
+    intervals: list[tuple[float, float]] = []
 
     def listen(event, duration, **_):
         if event in EVENTS:
             seconds[EVENTS[event]] += duration
             counts[EVENTS[event]] += 1
+            end = time.perf_counter()
+            intervals.append((end - duration, end))
 
     jax.monitoring.register_event_duration_secs_listener(listen)
     from star_jax.cli import main
 
     rc = main(["evolve", "--run-dir", run_dir, "--no-progress"])
     wall = time.perf_counter() - t0
-    return {"rc": rc, "wall_s": wall, "seconds": seconds, "counts": counts}
+    return {"rc": rc, "wall_s": wall, "seconds": seconds, "counts": counts, "jit_wall_s": _union(intervals)}
+
+
+def _union(intervals: list[tuple[float, float]]) -> float:
+    """Wall seconds during which at least one trace, lowering or compile was running (programs
+    compile on parallel threads, so their durations overlap and their sum can exceed the wall)."""
+    total, end = 0.0, -float("inf")
+    for a, b in sorted(intervals):
+        if b > end:
+            total += b - max(a, end)
+            end = b
+    return total
 
 
 def main() -> None:
@@ -79,13 +93,13 @@ def main() -> None:
              f"Machine: {machine['cpu']}, {machine['cores']} cores, JAX {machine['jax']} ({machine['backend']}).",
              "Command: `python benchmarks/quick_run.py`: two fresh processes on one new persistent "
              "compilation cache, each in a new run directory.\n",
-             "| cache | process wall (s) | trace + lower + compile (s) | share of wall | XLA compiles | compile (s) |",
+             "| cache | process wall (s) | wall time tracing, lowering or compiling (s) | share of wall | "
+             "XLA compiles | their summed seconds (parallel threads overlap) |",
              "|---|---|---|---|---|---|"]
     for r in results:
         s = r["seconds"]
-        jit_total = s["trace"] + s["lower"] + s["compile"]
-        lines.append(f"| {r['cache']} | {r['process_wall_s']:.1f} | {jit_total:.1f} | "
-                     f"{100 * jit_total / r['process_wall_s']:.0f}% | {r['counts']['compile']} | {s['compile']:.1f} |")
+        lines.append(f"| {r['cache']} | {r['process_wall_s']:.1f} | {r['jit_wall_s']:.1f} | "
+                     f"{100 * r['jit_wall_s'] / r['process_wall_s']:.0f}% | {r['counts']['compile']} | {s['compile']:.1f} |")
     cold, warm = results
     lines.append(f"\nThe warm process spent {warm['seconds']['compile']:.1f} s in XLA compiles (cache reads "
                  f"included), {100 * warm['seconds']['compile'] / max(cold['seconds']['compile'], 1e-9):.0f}% of "

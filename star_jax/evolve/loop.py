@@ -146,7 +146,9 @@ def train_candidates(genomes: Sequence[Genome], config: EvolveConfig, task, *,
                     on_candidate(len(genomes))
                 return [dict(m) for m in result.metrics[: len(genomes)]]
     from star_jax.train import train
+    from star_jax.train.parts import warm_up_genomes
 
+    warm_up_genomes(genomes, config.model, task, config.train.batch_size)  # new LIV kinds, side by side
     out = []
     for i, g in enumerate(genomes):
         out.append(dict(train(g, config.model, task, config.train, progress=False).metrics))

@@ -106,6 +106,7 @@ def _run_static(genomes, cfg, task, train_cfg, mesh, init_params, progress):
 def _run_sequential(genomes, cfg, task, train_cfg, init_params, progress):
     metrics, curves, params = [], [], []
     t0 = time.perf_counter()
+    parts.warm_up_genomes(genomes, cfg, task, train_cfg.batch_size)
     for c, g in enumerate(genomes):
         given = None if init_params is None else init_params[c]
         r = train_one(g, cfg, task, train_cfg, params=given, progress=progress)

@@ -234,6 +234,7 @@ def _fit_parts(program, task, cfg: TrainConfig, params, progress: bool) -> Train
         raise ValueError(f"the model's vocabulary ({program.cfg.vocab_size}) is smaller than the task's "
                          f"({task.vocab_size}): set ModelConfig.vocab_size >= {task.vocab_size}")
     model = P.PartModel(program, task.seq_len)
+    P.warm_up([model], cfg.batch_size)  # compiles the part kinds not seen yet, side by side
     if params is None:
         vecs, mus, nus = model.init(cfg.seed)
     else:

@@ -109,7 +109,7 @@ def _run(job: str, cache_dir: str, timeout: float) -> dict:
 
 
 def _markdown(results: list[dict], machine: dict) -> str:
-    lines = [f"# End-to-end job cost (compile included)\n",
+    lines = ["# End-to-end job cost (compile included)\n",
              f"Machine: {machine['cpu']}, {machine['cores']} cores, JAX {machine['jax']} ({machine['backend']}).",
              f"Command: `python benchmarks/peer_job.py {' '.join(sys.argv[1:])}`\n"]
     for r in results:

@@ -12,7 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from star_jax.train.config import TrainConfig
-from star_jax.train.optim import FlatLayout, make_flat_optimizer, make_optimizer, make_schedule
+from star_jax.train.optim import FlatLayout, make_flat_optimizer, make_optimizer
 from star_jax.train.step import (
     batch_keys,
     evaluate_stacked,
@@ -117,6 +117,36 @@ def _flat_layout_or_none(params):
         return None
 
 
+def _record_eval(evals: dict[str, list], step: int, result: dict[str, float]) -> str:
+    """Appends an evaluation to the curve lists; returns its progress-bar text."""
+    evals["eval_step"].append(step)
+    evals["test_loss"].append(result["loss"])
+    evals["test_accuracy"].append(result["accuracy"])
+    return f"  test loss {result['loss']:.4f}  acc {result['accuracy']:.3f}"
+
+
+def _finish(records, evals, steps_run: int, diverged: bool, last_eval, cfg: TrainConfig):
+    """The run's curve and final metrics (see ``TrainResult``) from the per-chunk records."""
+    from star_jax.train.parts import lr_curve
+
+    curve = {name: np.concatenate(parts) for name, parts in records.items()}
+    curve["train_loss"] = np.where(np.isfinite(curve["train_loss"]), curve["train_loss"], np.inf)
+    curve["step"] = np.arange(1, steps_run + 1, dtype=np.int64)
+    curve["lr"] = lr_curve(cfg, steps_run)
+    curve["eval_step"] = np.asarray(evals["eval_step"], np.int64)
+    test_loss = np.asarray(evals["test_loss"], np.float64).reshape(-1)
+    curve["test_loss"] = np.where(np.isfinite(test_loss), test_loss, np.inf)
+    curve["test_accuracy"] = np.asarray(evals["test_accuracy"], np.float64).reshape(-1)
+    if diverged:
+        metrics = {"train_loss": math.inf, "test_loss": math.inf, "test_accuracy": 0.0}
+    else:
+        metrics = {"train_loss": final_train_loss(curve["train_loss"]),
+                   "test_loss": float(last_eval["loss"]),
+                   "test_accuracy": float(last_eval["accuracy"])}
+    metrics.update(diverged=diverged, steps_run=int(steps_run))
+    return curve, metrics
+
+
 def _fit(apply_fn, init_fn, task, cfg: TrainConfig, params, progress: bool) -> TrainResult:
     start_time = time.perf_counter()
     init_key, data_key = batch_keys(cfg.seed)
@@ -183,37 +213,14 @@ def _fit(apply_fn, init_fn, task, cfg: TrainConfig, params, progress: bool) -> T
             info = f"loss {float(metrics['loss'][n - 1]):.4f}"
             if not diverged and is_eval_point(cfg, stop):
                 last_eval = evaluate_stacked(apply_fn, params, test_inputs, test_targets)
-                if not math.isfinite(last_eval["loss"]):
-                    diverged = True
-                evals["eval_step"].append(stop)
-                evals["test_loss"].append(last_eval["loss"])
-                evals["test_accuracy"].append(last_eval["accuracy"])
-                info += f"  test loss {last_eval['loss']:.4f}  acc {last_eval['accuracy']:.3f}"
+                diverged = not math.isfinite(last_eval["loss"])
+                info += _record_eval(evals, stop, last_eval)
             bar.update(bar_task, completed=steps_run, info=info)
             if diverged:
                 bar.update(bar_task, info=info + "  [red]diverged")
                 break
 
-    curve = {name: np.concatenate(parts) for name, parts in records.items()}
-    curve["train_loss"] = np.where(np.isfinite(curve["train_loss"]), curve["train_loss"], np.inf)
-    curve["step"] = np.arange(1, steps_run + 1, dtype=np.int64)
-    schedule = make_schedule(cfg)
-    curve["lr"] = np.asarray(jax.device_get(schedule(jnp.arange(steps_run, dtype=jnp.int32))),
-                             np.float64)
-    curve["eval_step"] = np.asarray(evals["eval_step"], np.int64)
-    curve["test_loss"] = np.where(np.isfinite(evals["test_loss"]), evals["test_loss"], np.inf)
-    curve["test_loss"] = np.asarray(curve["test_loss"], np.float64).reshape(-1)
-    curve["test_accuracy"] = np.asarray(evals["test_accuracy"], np.float64).reshape(-1)
-
-    if diverged:
-        metrics_out = {"train_loss": math.inf, "test_loss": math.inf, "test_accuracy": 0.0}
-    else:
-        metrics_out = {
-            "train_loss": final_train_loss(curve["train_loss"]),
-            "test_loss": float(last_eval["loss"]),
-            "test_accuracy": float(last_eval["accuracy"]),
-        }
-    metrics_out.update(diverged=diverged, steps_run=int(steps_run))
+    curve, metrics_out = _finish(records, evals, steps_run, diverged, last_eval, cfg)
     return TrainResult(
         params=params if layout is None else layout.unravel(params),
         metrics=metrics_out,
@@ -299,32 +306,14 @@ def _fit_parts(program, task, cfg: TrainConfig, params, progress: bool) -> Train
                 if n_counted == 0:
                     raise ValueError("the test set has no counted targets (all are -100)")
                 last_eval = {"loss": loss_sum / n_counted, "accuracy": int(n_correct) / int(n_counted)}
-                if not math.isfinite(last_eval["loss"]):
-                    diverged = True
-                evals["eval_step"].append(stop)
-                evals["test_loss"].append(last_eval["loss"])
-                evals["test_accuracy"].append(last_eval["accuracy"])
-                info += f"  test loss {last_eval['loss']:.4f}  acc {last_eval['accuracy']:.3f}"
+                diverged = not math.isfinite(last_eval["loss"])
+                info += _record_eval(evals, stop, last_eval)
             bar.update(bar_task, completed=steps_run, info=info)
             if diverged:
                 bar.update(bar_task, info=info + "  [red]diverged")
                 break
 
-    curve = {name: np.concatenate(parts) for name, parts in records.items()}
-    curve["train_loss"] = np.where(np.isfinite(curve["train_loss"]), curve["train_loss"], np.inf)
-    curve["step"] = np.arange(1, steps_run + 1, dtype=np.int64)
-    curve["lr"] = P.lr_curve(cfg, steps_run)
-    curve["eval_step"] = np.asarray(evals["eval_step"], np.int64)
-    curve["test_loss"] = np.where(np.isfinite(evals["test_loss"]), evals["test_loss"], np.inf)
-    curve["test_loss"] = np.asarray(curve["test_loss"], np.float64).reshape(-1)
-    curve["test_accuracy"] = np.asarray(evals["test_accuracy"], np.float64).reshape(-1)
-    if diverged:
-        metrics_out = {"train_loss": math.inf, "test_loss": math.inf, "test_accuracy": 0.0}
-    else:
-        metrics_out = {"train_loss": final_train_loss(curve["train_loss"]),
-                       "test_loss": float(last_eval["loss"]),
-                       "test_accuracy": float(last_eval["accuracy"])}
-    metrics_out.update(diverged=diverged, steps_run=int(steps_run))
+    curve, metrics_out = _finish(records, evals, steps_run, diverged, last_eval, cfg)
     return TrainResult(params=model.to_flax(vecs), metrics=metrics_out, curve=curve, config=cfg,
                        seconds=time.perf_counter() - start_time)
 

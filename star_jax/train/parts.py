@@ -37,7 +37,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from star_jax.model.program import Program, SlotSpec
+from star_jax.model.program import Program
 from star_jax.ops.primitives import rms_norm
 from star_jax.train.optim import FlatLayout
 from star_jax.train.step import masked_sums, step_batch_key

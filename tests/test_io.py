@@ -394,14 +394,22 @@ with RunDir(sys.argv[1]).lock():
 """
 
 
+_ENV = dict(os.environ, PYTHONPATH=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def _lock_holder(path) -> subprocess.Popen:
+    """Another process holding the run directory's lock (until killed)."""
+    holder = subprocess.Popen([sys.executable, "-c", _HOLD, str(path)], stdout=subprocess.PIPE, text=True,
+                              env=_ENV)
+    assert holder.stdout.readline().strip() == "locked"
+    return holder
+
+
 def test_second_writer_is_refused_naming_the_holder(tmp_path):
     from star_jax.io import RunDirBusy
 
-    env = dict(os.environ, PYTHONPATH=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    holder = subprocess.Popen([sys.executable, "-c", _HOLD, str(tmp_path / "run")], stdout=subprocess.PIPE,
-                              text=True, env=env)
+    holder = _lock_holder(tmp_path / "run")
     try:
-        assert holder.stdout.readline().strip() == "locked"
         with pytest.raises(RunDirBusy, match=rf"in use by process {holder.pid} on host .* \(started "):
             with RunDir(tmp_path / "run").lock():
                 pass
@@ -422,13 +430,10 @@ def test_second_writer_is_refused_naming_the_holder(tmp_path):
 
 
 def test_two_evolutions_on_one_run_directory_do_not_both_write(tmp_path):
-    env = dict(os.environ, PYTHONPATH=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    holder = subprocess.Popen([sys.executable, "-c", _HOLD, str(tmp_path / "run")], stdout=subprocess.PIPE,
-                              text=True, env=env)
+    holder = _lock_holder(tmp_path / "run")
     try:
-        assert holder.stdout.readline().strip() == "locked"
         out = subprocess.run([sys.executable, "-m", "star_jax.cli", "evolve", "--run-dir", str(tmp_path / "run")],
-                             capture_output=True, text=True, env=env, timeout=120)
+                             capture_output=True, text=True, env=_ENV, timeout=120)
     finally:
         holder.kill()
         holder.wait()

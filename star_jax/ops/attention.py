@@ -329,21 +329,28 @@ class AttentionMixer(nn.Module):
     def _mix_parallel(self, q: jax.Array, k: jax.Array, v: jax.Array) -> jax.Array:
         """q: [b, l, H, hd], k, v: [b, l, K, hd] (prepared) -> [b, l, H, hd].
 
-        The contractions run heads-first ([b, K, r, l, hd] x [b, K, m, hd]): batch dimensions
-        leading, so neither product nor its gradients needs a transpose of the [l, m] scores
-        (on CPU 1.5x faster forward + backward than contracting in the [b, l, H, hd] layout).
+        The contractions run heads-first on 4-d arrays ([b, H, l, hd] x [b, H, m, hd]; grouped
+        K/V heads are repeated to H first): batch dimensions leading, so neither product nor its
+        gradients needs a transpose of the [l, m] scores. On CPU, forward + backward of one
+        attention (b 16, l 127, 4 heads of 16) took 3.5 ms this way against 7.0 ms for the same
+        contraction with a separate K/V-group axis ([b, K, r, l, hd]), and that one was 1.5x
+        faster than contracting in the [b, l, H, hd] layout.
         """
         b, l, _, hd = q.shape
-        qh = q.reshape(b, l, self.n_kv_heads, self._repeat(), hd).transpose(0, 2, 3, 1, 4)
+        r = self._repeat()
+        qh = q.transpose(0, 2, 1, 3)  # [b, H, l, hd]
         kh = k.transpose(0, 2, 1, 3)  # [b, K, m, hd]
         vh = v.transpose(0, 2, 1, 3)
-        s = jnp.einsum("bkrld,bkmd->bkrlm", qh, kh)
+        if r > 1:  # query head h reads K/V head h // r
+            kh = jnp.repeat(kh, r, axis=1)
+            vh = jnp.repeat(vh, r, axis=1)
+        s = jnp.einsum("bhld,bhmd->bhlm", qh, kh)
         i = jnp.arange(l)[:, None]
         j = jnp.arange(l)[None, :]
         mask = j <= i
         if self.window > 0:
             mask = mask & (j > i - self.window)
-        mask = mask[None, None, None]
+        mask = mask[None, None]
         if self.kind == "softmax":
             s = jnp.where(mask, s.astype(jnp.float32), _NEG)
             w = jax.nn.softmax(s, axis=-1).astype(v.dtype)
@@ -351,10 +358,10 @@ class AttentionMixer(nn.Module):
             count = jnp.arange(1, l + 1)
             if self.window > 0:
                 count = jnp.minimum(count, self.window)
-            inv = (1.0 / count.astype(jnp.float32)).astype(s.dtype)[None, None, None, :, None]
+            inv = (1.0 / count.astype(jnp.float32)).astype(s.dtype)[None, None, :, None]
             w = jnp.where(mask, s, jnp.zeros((), s.dtype)) * inv
-        o = jnp.einsum("bkrlm,bkmd->bkrld", w, vh)  # [b, K, r, l, hd]
-        return o.transpose(0, 3, 1, 2, 4).reshape(b, l, self.n_heads, hd)
+        o = jnp.einsum("bhlm,bhmd->bhld", w, vh)  # [b, H, l, hd]
+        return o.transpose(0, 2, 1, 3)
 
     @nn.nowrap
     def _mix_cache(self, q: jax.Array, kc: jax.Array, vc: jax.Array, pos: jax.Array) -> jax.Array:

@@ -194,3 +194,36 @@ def test_real_training_smoke(tmp_path):
     assert r["params"] > 0 and r["cache_bytes"] == 2 * 16 * 4096 * 2  # one SA-1: K and V, 16-bit
     assert [x["hash"] for x in result.population_records] == [r["hash"]] * 2
     assert 0.0 < r["latency_ms"] < 1000.0  # measured decode latency, ms per token
+
+
+def test_unreadable_checkpoints_are_rebuilt_from_the_records(tmp_path):
+    run = tmp_path / "run"
+    evolve(tiny(baselines=True, generations=2), run, progress=False, evaluator=CountingEvaluator())
+    for f in (run / "checkpoints").rglob("*"):
+        if f.is_file() and f.stat().st_size > 0:
+            f.write_bytes(b"garbage")
+    ev = CountingEvaluator()
+    with pytest.warns(RuntimeWarning, match="rebuilding the run from the .* records"):
+        rebuilt = evolve(tiny(baselines=True, generations=2), run, progress=False, evaluator=ev)
+    assert ev.trained == []  # every genome was recorded: nothing trained again
+    short = evolve(tiny(baselines=True, generations=2), tmp_path / "short", progress=False,
+                   evaluator=CountingEvaluator())
+    assert rebuilt.archive == short.archive and rebuilt.front_records == short.front_records
+    assert rebuilt.hypervolume == short.hypervolume
+    assert [g.to_string() for g in rebuilt.population] == [g.to_string() for g in short.population]
+    assert (run / "evaluations.jsonl").read_text() == (tmp_path / "short" / "evaluations.jsonl").read_text()
+    assert (run / "baselines.jsonl").read_text() == (tmp_path / "short" / "baselines.jsonl").read_text()
+    assert load_run(run).generations_done == 3  # checkpoints written again
+
+
+def test_unreadable_checkpoints_and_no_records_is_a_clear_error(tmp_path):
+    from star_jax.io import CheckpointError
+
+    run = tmp_path / "run"
+    evolve(tiny(generations=1), run, progress=False, evaluator=CountingEvaluator())
+    for f in (run / "checkpoints").rglob("*"):
+        if f.is_file() and f.stat().st_size > 0:
+            f.write_bytes(b"garbage")
+    (run / "evaluations.jsonl").write_text("")
+    with pytest.raises(CheckpointError, match="holds no records to rebuild the run from"):
+        evolve(tiny(generations=1), run, progress=False, evaluator=CountingEvaluator())

@@ -348,6 +348,29 @@ def _result(config, rd, gen_done, state, archive, hv, pop_hv, ref, baseline_reco
     )
 
 
+def _recorded(rd) -> dict[str, dict]:
+    """Every evaluation the run directory records (``evaluations.jsonl``, then baselines not in
+    it), by genome hash: what a rebuild replays instead of training again."""
+    out: dict[str, dict] = {}
+    baselines_path = rd.path / BASELINES_FILE
+    from star_jax.io.jsonutil import read_jsonl
+
+    for r in read_jsonl(baselines_path) if baselines_path.exists() else []:
+        if isinstance(r, dict) and "hash" in r:
+            out[r["hash"]] = r
+    for r in rd.read_evaluations():
+        if isinstance(r, dict) and "hash" in r:
+            out[r["hash"]] = r
+    return out
+
+
+def _replayed(record: dict, generation: int) -> dict:
+    """A recorded evaluation as the loop would have made it in ``generation``."""
+    out = {k: v for k, v in record.items() if k != "baseline"}
+    out["generation"] = int(generation)
+    return out
+
+
 def _restore(rd, strategy: NSGA2, config: EvolveConfig):
     """Latest good checkpoint -> (next generation, state, archive, hv, pop_hv, ref, baselines)."""
     manager = rd.checkpoint_manager(keep=3)
@@ -476,7 +499,7 @@ def evolve(config: EvolveConfig, run_dir, *, progress: bool = True, evaluator: E
             state = strategy.tell(state, flat, my_objectives(genomes))   # [16, 2], minimised
     """
     from star_jax.compile_cache import enable_compilation_cache
-    from star_jax.io import MetricLogger, RunDir
+    from star_jax.io import CheckpointError, MetricLogger, RunDir
 
     if not isinstance(config, EvolveConfig):
         raise TypeError(f"config must be an EvolveConfig, got {type(config).__name__}")
@@ -487,7 +510,19 @@ def evolve(config: EvolveConfig, run_dir, *, progress: bool = True, evaluator: E
     with rd.lock():  # one writer per run directory
         rd.init(config.to_dict(), resume=resume)
         strategy = _make_strategy(config)
-        restored = _restore(rd, strategy, config)
+        replay: dict[str, dict] = {}  # hash -> recorded record, when rebuilding from the records
+        try:
+            restored = _restore(rd, strategy, config)
+        except CheckpointError as e:
+            replay = _recorded(rd)
+            if not replay:
+                raise CheckpointError(f"{e}\n{rd.evaluations_path} holds no records to rebuild the run from; "
+                                      f"start a fresh run with another --run-dir") from None
+            warnings.warn(f"no checkpoint in {rd.checkpoints_dir} is readable; rebuilding the run from the "
+                          f"{len(replay)} records of {rd.evaluations_path} (the seeded search is replayed with "
+                          f"the recorded objectives; nothing recorded is trained again)", RuntimeWarning,
+                          stacklevel=2)
+            restored = None
         if restored is None:
             state = strategy.init(config.seed, _initial_population(config))
             start, archive, hv, pop_hv, ref, baseline_records = 0, {}, [], [], None, []
@@ -521,8 +556,10 @@ def evolve(config: EvolveConfig, run_dir, *, progress: bool = True, evaluator: E
                     if g.content_hash() not in new:
                         extra[name] = g
                 batch = list(new.values()) + list(extra.values())
-                display.start_generation(gen, len(batch), len(genomes) - len(new))
-                records = _evaluate(batch, config, task, gen, evaluator, on_candidate=display.candidate)
+                reused = [_replayed(replay[g.content_hash()], gen) for g in batch if g.content_hash() in replay]
+                batch = [g for g in batch if g.content_hash() not in replay]
+                display.start_generation(gen, len(batch), len(genomes) - len(new) + len(reused))
+                records = _evaluate(batch, config, task, gen, evaluator, on_candidate=display.candidate) + reused
                 by_hash = {r["hash"]: r for r in records}
                 for name, g in missing_baselines.items():
                     rec = dict(by_hash[g.content_hash()], baseline=name)

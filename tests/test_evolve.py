@@ -227,3 +227,37 @@ def test_unreadable_checkpoints_and_no_records_is_a_clear_error(tmp_path):
     (run / "evaluations.jsonl").write_text("")
     with pytest.raises(CheckpointError, match="holds no records to rebuild the run from"):
         evolve(tiny(generations=1), run, progress=False, evaluator=CountingEvaluator())
+
+
+def test_soak_killed_at_random_moments_ends_as_an_uninterrupted_run(tmp_path):
+    """SIGKILL at random moments (during imports, training, checkpoint writes, JSONL appends),
+    restarting after each, then a last run to the end: the records, front and population equal an
+    uninterrupted run's, no record is duplicated and old checkpoints are pruned.
+    ``STAR_JAX_SOAK_KILLS`` sets the number of kills (4 here; the recorded soak used 10)."""
+    import random
+
+    kills = int(os.environ.get("STAR_JAX_SOAK_KILLS", "4"))
+    rng = random.Random(1234)
+    env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    run = tmp_path / "soaked"
+    done = 0
+    for _ in range(kills):
+        proc = _run_script(run, env)
+        try:
+            out, _ = proc.communicate(timeout=rng.uniform(1.0, 4.5))
+            done += "DONE" in out
+        except subprocess.TimeoutExpired:
+            proc.send_signal(signal.SIGKILL)
+            proc.communicate()
+    out = _run_script(run, env).communicate(timeout=180)
+    assert "DONE" in out[0], out[1][-2000:]
+    uninterrupted = evolve(tiny(baselines=True), tmp_path / "straight", progress=False, evaluator=CountingEvaluator())
+    soaked = load_run(run)
+    assert soaked.archive == uninterrupted.archive
+    assert soaked.front_records == uninterrupted.front_records
+    assert [g.to_string() for g in soaked.population] == [g.to_string() for g in uninterrupted.population]
+    text = (run / "evaluations.jsonl").read_text()
+    assert text == (tmp_path / "straight" / "evaluations.jsonl").read_text()
+    hashes = [json.loads(x)["hash"] for x in text.splitlines()]
+    assert len(hashes) == len(set(hashes))
+    assert len([p for p in (run / "checkpoints").iterdir() if p.name.isdigit()]) <= 3

@@ -47,6 +47,15 @@ def _flops_per_step(genome, cfg) -> float:
     return 3.0 * float(cost.get("flops", 0.0))
 
 
+def _save_partial(out: dict) -> None:
+    """Keeps what is done so far where the parent can read it if this process is killed."""
+    path = os.environ.get("STAR_JAX_PEER_PARTIAL")
+    if path:
+        with open(path + ".tmp", "w") as f:
+            json.dump(out, f)
+        os.replace(path + ".tmp", path)
+
+
 def _worker(job: str) -> dict:
     t_start = time.perf_counter()
     import jax
@@ -75,6 +84,7 @@ def _worker(job: str) -> dict:
         out["parts"].append({"part": f"candidate {c}", "wall_s": time.perf_counter() - t0,
                              "compiles": len(compiles) - n0, "compile_s": sum(compiles[n0:]),
                              "test_accuracy": res.metrics["test_accuracy"]})
+        _save_partial(out)
     out["job_s"] = time.perf_counter() - t_start
     out["job_compiles"] = len(compiles)
     out["job_compile_s"] = sum(compiles)
@@ -93,13 +103,21 @@ def _worker(job: str) -> dict:
 
 
 def _run(job: str, cache_dir: str, timeout: float) -> dict:
-    env = dict(os.environ, STAR_JAX_CACHE_DIR=cache_dir, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    partial = os.path.join(cache_dir, "partial.json")
+    env = dict(os.environ, STAR_JAX_CACHE_DIR=cache_dir, STAR_JAX_PEER_PARTIAL=partial,
+               PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
     cmd = [sys.executable, __file__, "--worker", job]
     t0 = time.perf_counter()
     try:
         proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
     except subprocess.TimeoutExpired:
-        return {"job": job, "error": f"timed out after {timeout:.0f} s"}
+        done = {}
+        if os.path.exists(partial):
+            with open(partial) as f:
+                done = json.load(f)
+            os.remove(partial)
+        return {**done, "job": job, "error": f"timed out after {timeout:.0f} s",
+                "candidates_done": len(done.get("parts", []))}
     wall = time.perf_counter() - t0
     if proc.returncode != 0:
         return {"job": job, "error": proc.stderr.strip().splitlines()[-1:] or ["failed"]}
@@ -115,6 +133,10 @@ def _markdown(results: list[dict], machine: dict) -> str:
     for r in results:
         if "error" in r:
             lines.append(f"## {r['job']} ({r.get('cache', '?')} cache): {r['error']}\n")
+            for p in r.get("parts", []):
+                lines.append(f"- {p['part']}: {p['wall_s']:.2f} s, {p['compiles']} compiles "
+                             f"({p['compile_s']:.2f} s)")
+            lines.append("")
             continue
         lines.append(f"## {r['job']} ({r['cache']} cache)\n")
         lines.append(f"**Job end to end {r['job_s']:.1f} s** from the process start (import {r['import_s']:.1f} s); "

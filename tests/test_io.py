@@ -449,3 +449,14 @@ def test_damaged_config_is_named(tmp_path):
     run.config_path.write_text("{seed: 0", encoding="utf-8")
     with pytest.raises(RunDirError, match=r"config\.json is damaged"):
         RunDir(tmp_path / "run").init({"seed": 0})
+
+
+def test_rewrite_keeps_an_unreadable_middle_line_and_says_what_to_do(tmp_path):
+    from star_jax.io.jsonutil import read_jsonl, rewrite_jsonl
+
+    path = tmp_path / "evaluations.jsonl"
+    path.write_text('{"generation": 0}\n{not json\n{"generation": 1}\n{"generation": 2}\n{"genera', encoding="utf-8")
+    with pytest.warns(RunStateWarning, match=r"evaluations\.jsonl: skipped unreadable line 2 .*repair or delete it"):
+        assert [r["generation"] for r in read_jsonl(path)] == [0, 1, 2]
+    assert rewrite_jsonl(path, lambda r: r["generation"] < 2) == 1
+    assert path.read_text(encoding="utf-8") == '{"generation": 0}\n{not json\n{"generation": 1}\n'

@@ -132,7 +132,7 @@ def write_json_atomic(path: str | os.PathLike, obj: Any, *, indent: int | None =
     text = json.dumps(to_jsonable(obj), indent=indent) + "\n"
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
+        with os.fdopen(fd, "w", encoding="utf-8", errors="surrogateescape") as f:
             f.write(text)
             f.flush()
             os.fsync(f.fileno())
@@ -214,7 +214,8 @@ def _parse_lines(data: bytes, path: pathlib.Path) -> tuple[list[Any], int, list[
                 problems.append(f"{path}: dropped a truncated last line {i + 1} "
                                 f"({len(raw)} bytes, likely cut by a kill): {e}")
             else:
-                problems.append(f"{path}: skipped unreadable line {i + 1}: {e}")
+                problems.append(f"{path}: skipped unreadable line {i + 1} ({e}); the line is left in "
+                                f"the file untouched: repair or delete it by hand")
                 good_end = end
         pos = end
     return records, good_end, problems
@@ -291,14 +292,30 @@ def rewrite_jsonl(path: str | os.PathLike, keep: Callable[[Any], bool]) -> int:
     path = pathlib.Path(path)
     if not path.exists():
         return 0
-    records, _, _ = _parse_lines(path.read_bytes(), path)
-    kept = [r for r in records if keep(r)]
-    if len(kept) == len(records) and path.read_bytes().endswith(b"\n"):
+    data = path.read_bytes()
+    lines = data.split(b"\n")
+    out, dropped = [], 0
+    for i, raw in enumerate(lines):
+        last = i == len(lines) - 1
+        text = raw.strip(b"\x00 \t\r")
+        if not text:
+            continue
+        try:
+            record = json.loads(text.decode("utf-8"))
+        except (ValueError, UnicodeDecodeError):
+            if not last:  # not ours to delete: an unreadable middle line stays as it is
+                out.append(raw.decode("utf-8", "surrogateescape"))
+            continue
+        if keep(record):
+            out.append(json.dumps(record, ensure_ascii=True))
+        else:
+            dropped += 1
+    text = "".join(line + "\n" for line in out)
+    if dropped == 0 and text.encode("utf-8", "surrogateescape") == data:
         return 0
-    text = "".join(json.dumps(r, ensure_ascii=True) + "\n" for r in kept)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
+        with os.fdopen(fd, "w", encoding="utf-8", errors="surrogateescape") as f:
             f.write(text)
             f.flush()
             os.fsync(f.fileno())
@@ -308,4 +325,4 @@ def rewrite_jsonl(path: str | os.PathLike, keep: Callable[[Any], bool]) -> int:
             os.unlink(tmp)
         raise
     fsync_dir(path.parent)
-    return len(records) - len(kept)
+    return dropped

@@ -36,7 +36,7 @@ import jax.numpy as jnp
 
 from star_jax.ops.groups import resolve_groups
 from star_jax.ops.differential import LAMBDA_INIT, DiffHeadNorm, DiffLambda, diff_combine
-from star_jax.ops.primitives import apply_rope, causal_short_conv, causal_short_conv_step, rope_angles
+from star_jax.ops.primitives import apply_rope, causal_short_conv, causal_short_conv_step, rope_angles, rows
 
 KINDS = ("softmax", "linear", "relu")
 _NEG = float(jnp.finfo(jnp.float32).min)
@@ -162,7 +162,7 @@ class AttentionFeaturizer(nn.Module):
         b, l, _ = h.shape
         feats = {}
         for g, (proj, conv) in self._weights(groups).items():
-            x = jnp.einsum("bld,dc->blc", h, proj.astype(h.dtype))
+            x = rows(lambda r, w=proj.astype(h.dtype): r @ w, h)
             if conv is not None:
                 x = causal_short_conv(x, conv.astype(h.dtype))
             feats[g] = x.reshape(b, l, self._heads(g), self.head_dim)
@@ -406,7 +406,7 @@ class AttentionMixer(nn.Module):
         else:
             o = outs[0]
         o = o.reshape(o.shape[:-2] + (self.n_heads * self.head_dim,))
-        return jnp.einsum("...c,cd->...d", o, self.out_proj.astype(o.dtype))
+        return rows(lambda r: r @ self.out_proj.astype(o.dtype), o)
 
     # ---- compute ----------------------------------------------------------------------------
     def __call__(self, feats: dict) -> jax.Array:

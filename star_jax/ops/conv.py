@@ -15,7 +15,7 @@ import numpy as np
 
 from star_jax.ops.groups import branch_suffixes, resolve_groups
 from star_jax.ops.differential import DiffLambda, diff_combine
-from star_jax.ops.primitives import causal_short_conv, causal_short_conv_step, fft_causal_conv
+from star_jax.ops.primitives import causal_short_conv, causal_short_conv_step, fft_causal_conv, rows
 
 FILTER_BANDS = 8  # sin/cos frequency bands of the implicit filter's positional features
 FILTER_FEATURES = 1 + 2 * FILTER_BANDS  # [t / max_len, sin(2 pi k t / max_len), cos(...)]
@@ -78,7 +78,7 @@ class GatedConvFeaturizer(nn.Module):
         """
         chex.assert_axis_dimension(h, -1, self.width)
         return {
-            g: nn.Dense(self.width, use_bias=False, kernel_init=nn.initializers.lecun_normal(), name=g)(h)
+            g: rows(nn.Dense(self.width, use_bias=False, kernel_init=nn.initializers.lecun_normal(), name=g), h)
             for g in resolve_groups(groups, self.groups(), type(self).__name__)
         }
 
@@ -144,7 +144,7 @@ class ShortConvMixer(nn.Module):
 
     def _combine(self, paths: list[jax.Array]) -> jax.Array:
         y = diff_combine(paths[0], paths[1], self.diff_lambda()) if self.differential else paths[0]
-        return self.out(y)
+        return rows(self.out, y)
 
     def __call__(self, feats: dict[str, jax.Array]) -> jax.Array:
         """Parallel forward.
@@ -297,7 +297,7 @@ class LongConvMixer(nn.Module):
 
     def _combine(self, paths: list[jax.Array]) -> jax.Array:
         y = diff_combine(paths[0], paths[1], self.diff_lambda()) if self.differential else paths[0]
-        return self.out(y)
+        return rows(self.out, y)
 
     def __call__(self, feats: dict[str, jax.Array]) -> jax.Array:
         """Parallel forward (FFT long conv).

@@ -11,6 +11,7 @@ import jax.numpy as jnp
 
 from star_jax.ops.groups import resolve_groups
 from star_jax.ops.differential import DiffLambda, diff_combine
+from star_jax.ops.primitives import rows
 
 ACTIVATIONS = {"swish": jax.nn.silu, "relu": jax.nn.relu, "none": lambda v: v}
 
@@ -65,7 +66,7 @@ class GLUFeaturizer(nn.Module):
         """
         chex.assert_axis_dimension(h, -1, self.width)
         return {
-            g: nn.Dense(self.hidden, use_bias=False, kernel_init=nn.initializers.lecun_normal(), name=g)(h)
+            g: rows(nn.Dense(self.hidden, use_bias=False, kernel_init=nn.initializers.lecun_normal(), name=g), h)
             for g in self._resolve(groups)
         }
 
@@ -128,7 +129,7 @@ class GLUMixer(nn.Module):
             gate = diff_combine(act(feats["gate1"]), act(feats["gate2"]), self.diff_lambda())
         else:
             gate = act(feats["gate"])
-        return self.out(gate * feats["value"])
+        return rows(self.out, gate * feats["value"])
 
     def step(self, feats_t: dict[str, jax.Array], state: dict):
         """One token: (y_t [batch, width], state unchanged)."""

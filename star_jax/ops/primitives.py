@@ -8,6 +8,18 @@ import jax
 import jax.numpy as jnp
 
 
+def rows(fn, x: jax.Array) -> jax.Array:
+    """Apply a per-row map (a dense layer, a matrix product) to x [..., d] as one [N, d] matrix.
+
+    XLA on CPU computes a weight gradient that contracts two axes ([batch, length]) about 2x
+    slower than the same product over one flattened axis (SwiGLU forward + backward at batch 16,
+    length 127, width 64: 4.4 vs 2.1 ms); reshaping is free on every backend.
+    """
+    lead = x.shape[:-1]
+    y = fn(x.reshape((-1, x.shape[-1])))
+    return y.reshape(lead + y.shape[1:])
+
+
 def rms_norm(x: jax.Array, scale: jax.Array, eps: float = 1e-6) -> jax.Array:
     """RMSNorm over the last axis. x: [..., d], scale: [d]."""
     var = jnp.mean(jnp.square(x), axis=-1, keepdims=True)

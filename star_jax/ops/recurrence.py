@@ -15,6 +15,7 @@ import jax.numpy as jnp
 
 from star_jax.ops.groups import branch_suffixes, resolve_groups
 from star_jax.ops.differential import DiffLambda, diff_combine
+from star_jax.ops.primitives import rows
 
 SCAN_IMPLS = ("scan", "associative")
 DT_MIN, DT_MAX = 1e-3, 1e-1
@@ -241,10 +242,10 @@ class RecurrenceFeaturizer(nn.Module):
                     bias_init=_dt_bias_init,
                     name=g,
                 )
-                feats[g] = jax.nn.softplus(dense(h))
+                feats[g] = jax.nn.softplus(rows(dense, h))
             else:
                 dense = nn.Dense(size, use_bias=False, kernel_init=nn.initializers.lecun_normal(), name=g)
-                feats[g] = dense(h)
+                feats[g] = rows(dense, h)
         return feats
 
     def step(self, h_t: jax.Array, state: dict, groups: tuple[str, ...] | None = None):
@@ -310,7 +311,7 @@ class RecurrenceMixer(nn.Module):
     def _combine(self, ys: list[jax.Array], x: jax.Array, z: jax.Array) -> jax.Array:
         y = diff_combine(ys[0], ys[1], self.diff_lambda()) if self.differential else ys[0]
         y = y + x * self.D.astype(x.dtype).reshape((1,) * (x.ndim - 1) + (-1,))
-        return self.out(y * jax.nn.silu(z))
+        return rows(self.out, y * jax.nn.silu(z))
 
     def __call__(self, feats: dict[str, jax.Array]) -> jax.Array:
         """Parallel forward.

@@ -38,7 +38,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from star_jax.model.program import Program
-from star_jax.ops.primitives import rms_norm
+from star_jax.ops.primitives import rms_norm, rows
 from star_jax.train.optim import FlatLayout
 from star_jax.train.step import masked_sums, step_batch_key
 
@@ -204,7 +204,7 @@ class _Programs:
     def _final_sums(self, vec, x, targets):
         tree = self.tree(vec)
         h = rms_norm(x, tree["norm"]["scale"], self.kind.eps)
-        logits = jnp.dot(h, tree["head"]["kernel"]).astype(jnp.float32)
+        logits = rows(lambda r: r @ tree["head"]["kernel"], h).astype(jnp.float32)
         return masked_sums(logits, targets)
 
     def _final_grad(self, vec, x, targets):

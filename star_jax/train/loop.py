@@ -117,6 +117,18 @@ def _flat_layout_or_none(params):
         return None
 
 
+def _record_chunk(records: dict[str, list], metrics: dict, n: int) -> tuple[int, bool]:
+    """Appends a chunk's per-step metrics (arrays over the chunk's steps) up to and including
+    its first non-finite step; returns ``(steps recorded, diverged)``."""
+    finite = np.asarray(metrics["finite"][:n])
+    diverged = not finite.all()
+    if diverged:
+        n = int(np.argmin(finite)) + 1
+    for name, source in (("train_loss", "loss"), ("train_accuracy", "accuracy"), ("grad_norm", "grad_norm")):
+        records[name].append(np.asarray(metrics[source][:n], np.float64))
+    return n, diverged
+
+
 def _record_eval(evals: dict[str, list], step: int, result: dict[str, float]) -> str:
     """Appends an evaluation to the curve lists; returns its progress-bar text."""
     evals["eval_step"].append(step)
@@ -201,14 +213,7 @@ def _fit(apply_fn, init_fn, task, cfg: TrainConfig, params, progress: bool) -> T
                 args = (inputs, targets, jnp.asarray(active), alive)
             params, opt_state, alive, metrics = chunk_fn(params, opt_state, *args)
             metrics = jax.device_get(metrics)
-            n = stop - start
-            finite = np.asarray(metrics["finite"][:n])
-            if not finite.all():
-                n = int(np.argmin(finite)) + 1  # up to and including the first bad step
-                diverged = True
-            for name, source in (("train_loss", "loss"), ("train_accuracy", "accuracy"),
-                                 ("grad_norm", "grad_norm")):
-                records[name].append(np.asarray(metrics[source][:n], np.float64))
+            n, diverged = _record_chunk(records, metrics, stop - start)
             steps_run = start + n
             info = f"loss {float(metrics['loss'][n - 1]):.4f}"
             if not diverged and is_eval_point(cfg, stop):
@@ -290,17 +295,11 @@ def _fit_parts(program, task, cfg: TrainConfig, params, progress: bool) -> Train
                 count = new_count
                 chunk.append(metrics)
                 del prev_hold
-            metrics = jax.device_get(chunk)
-            n = stop - start
-            finite = np.array([m["finite"] for m in metrics], bool)
-            if not finite.all():
-                n = int(np.argmin(finite)) + 1  # up to and including the first bad step
-                diverged = True
-            for name, source in (("train_loss", "loss"), ("train_accuracy", "accuracy"),
-                                 ("grad_norm", "grad_norm")):
-                records[name].append(np.array([m[source] for m in metrics[:n]], np.float64))
+            host = jax.device_get(chunk)
+            metrics = {key: np.array([m[key] for m in host]) for key in host[0]}
+            n, diverged = _record_chunk(records, metrics, stop - start)
             steps_run = start + n
-            info = f"loss {float(metrics[n - 1]['loss']):.4f}"
+            info = f"loss {float(metrics['loss'][n - 1]):.4f}"
             if not diverged and is_eval_point(cfg, stop):
                 loss_sum, n_correct, n_counted = model.eval_sums(vecs, test_inputs, test_targets)
                 if n_counted == 0:

@@ -5,6 +5,8 @@ prove them equal to the real parameter pytree and decode state.
 """
 from __future__ import annotations
 
+import numpy as np
+
 from star_jax.genome import Genome
 from star_jax.model.config import ModelConfig
 from star_jax.model.program import Program, compile_genome
@@ -34,7 +36,12 @@ def param_count(genome: Genome | str | Program, cfg: ModelConfig | None = None) 
 
 
 def cache_elems(genome: Genome | str | Program, cfg: ModelConfig | None = None, seq_len: int = 4096) -> int:
-    """Elements of the per-sequence decode state after `seq_len` tokens (batch 1)."""
+    """Elements of the per-sequence decode state after `seq_len` tokens (batch 1).
+
+    Raises:
+      ValueError: `seq_len` is not an integer >= 1.
+    """
+    _check_positive("seq_len", seq_len)
     prog = _program(genome, cfg)
     total = 0
     for s in prog.slots:
@@ -46,8 +53,18 @@ def cache_elems(genome: Genome | str | Program, cfg: ModelConfig | None = None, 
 
 def cache_bytes(genome: Genome | str | Program, cfg: ModelConfig | None = None, seq_len: int = 4096,
                 bytes_per_elem: int = 2) -> int:
-    """Bytes of the per-sequence inference state at `seq_len` (default 16-bit elements)."""
+    """Bytes of the per-sequence inference state at `seq_len` (default 16-bit elements).
+
+    Raises:
+      ValueError: `seq_len` or `bytes_per_elem` is not an integer >= 1.
+    """
+    _check_positive("bytes_per_elem", bytes_per_elem)
     return cache_elems(genome, cfg, seq_len) * int(bytes_per_elem)
+
+
+def _check_positive(name: str, value) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
 
 
 def liv_breakdown(genome: Genome | str, cfg: ModelConfig, seq_len: int = 4096, bytes_per_elem: int = 2) -> list[dict]:

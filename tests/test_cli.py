@@ -69,3 +69,25 @@ def test_bad_config_field_and_mismatch(tmp_path):
     out = star_jax("report", str(tmp_path / "run"))
     assert out.returncode == 0, out.stderr
     assert sum(line.endswith(".png") for line in out.stdout.splitlines()) == 3
+
+
+def test_bad_sizes_and_run_dirs_are_one_line_errors(tmp_path):
+    out = star_jax("describe", "1.1.1.1.1-9.1.1.1.1", "--cache-seq-len", "-1")
+    assert out.returncode == 2 and "seq_len must be an integer >= 1, got -1" in out.stderr
+    assert len(out.stderr.strip().splitlines()) == 1
+    blocker = tmp_path / "file"
+    blocker.write_text("x", encoding="utf-8")
+    out = star_jax("evolve", "--run-dir", str(blocker))
+    assert out.returncode == 2 and "is a file, not a run directory" in out.stderr
+    assert len(out.stderr.strip().splitlines()) == 1
+
+
+def test_cache_metrics_reject_nonpositive_lengths():
+    import star_jax as sj
+
+    cfg = sj.ModelConfig(width=32, vocab_size=16, max_len=32, head_dim=8)
+    for bad in (0, -5, 2.5, True):
+        with pytest.raises(ValueError, match="seq_len must be an integer >= 1"):
+            sj.cache_bytes("1.1.1.1.1-9.1.1.1.1", cfg, seq_len=bad)
+    with pytest.raises(ValueError, match="bytes_per_elem must be an integer >= 1"):
+        sj.cache_bytes("1.1.1.1.1-9.1.1.1.1", cfg, bytes_per_elem=0)

@@ -460,3 +460,12 @@ def test_rewrite_keeps_an_unreadable_middle_line_and_says_what_to_do(tmp_path):
         assert [r["generation"] for r in read_jsonl(path)] == [0, 1, 2]
     assert rewrite_jsonl(path, lambda r: r["generation"] < 2) == 1
     assert path.read_text(encoding="utf-8") == '{"generation": 0}\n{not json\n{"generation": 1}\n'
+
+
+def test_a_file_is_not_a_run_directory(tmp_path):
+    path = tmp_path / "notes.txt"
+    path.write_text("mine", encoding="utf-8")
+    for use in (lambda r: r.init({"seed": 0}), lambda r: r.lock().__enter__()):
+        with pytest.raises(RunDirError, match=r"notes\.txt is a file, not a run directory"):
+            use(RunDir(path))
+    assert path.read_text(encoding="utf-8") == "mine"

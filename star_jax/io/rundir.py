@@ -131,6 +131,7 @@ class RunDir:
         """
         import fcntl
 
+        self._check_is_directory()
         self.path.mkdir(parents=True, exist_ok=True)
         path = self.path / LOCK_FILE
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
@@ -155,6 +156,10 @@ class RunDir:
                 os.ftruncate(fd, 0)  # a clean exit leaves an empty (unheld) lock file
         finally:
             os.close(fd)
+
+    def _check_is_directory(self) -> None:
+        if self.path.exists() and not self.path.is_dir():
+            raise RunDirError(f"{self.path} is a file, not a run directory; pass another --run-dir")
 
     def exists(self) -> bool:
         """Whether a run was started here (its config.json exists).
@@ -196,6 +201,7 @@ class RunDir:
             config.json.
         """
         new = json.loads(json.dumps(to_jsonable(config)))
+        self._check_is_directory()
         if self.config_path.exists():
             if not resume:
                 raise RunDirError(f"{self.path} already holds a run; resume it, or start a fresh "

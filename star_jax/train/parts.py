@@ -164,7 +164,6 @@ class _Programs:
         # runs once per candidate: compiled for compile speed (about 30% faster), not run speed
         self.init = jax.jit(self._init, compiler_options={"xla_backend_optimization_level": 0})
         self.warmed: set[int] = set()  # batch sizes whose programs are compiled (see warm_up)
-        self.final = isinstance(kind, FinalKind)
         # forward programs keep no residuals; backward programs recompute their part's forward
         # (measured on CPU for an SA-1 block at batch 16, L 127, width 64: 1.9 + 5.3 ms, against
         # 6.2 + 6.6 ms for a forward that hands its VJP residuals to a separate backward)
@@ -224,7 +223,10 @@ class _Programs:
     def _slot_forward(self, vec, owner_vec, x, shared):
         k = self.kind
         tree = self.tree(vec)
-        fparams = tree["featurizer"] if k.owner_groups is not None else _programs(k.owner, self.seq_len).tree(owner_vec)["featurizer"]
+        if k.owner_groups is not None:
+            fparams = tree["featurizer"]
+        else:  # the featurizer weights live in the owner's part
+            fparams = _programs(k.owner, self.seq_len).tree(owner_vec)["featurizer"]
         h = rms_norm(x, tree["norm"]["scale"], k.eps)
         feats = k.featurizer.apply({"params": fparams}, h, groups=k.compute_groups)
         feats = {**feats, **shared}
@@ -387,7 +389,8 @@ class PartModel:
         out = []
         for prog, t in zip(self.progs, trees):
             try:
-                flat = np.concatenate([np.ravel(np.asarray(x, np.float32)) for x in prog.layout.treedef.flatten_up_to(t)])
+                leaves = prog.layout.treedef.flatten_up_to(t)
+                flat = np.concatenate([np.ravel(np.asarray(x, np.float32)) for x in leaves])
             except (ValueError, TypeError) as e:
                 raise ValueError(f"the given parameters do not fit part {prog.kind!r}: {e}") from None
             if flat.size != prog.layout.size:

@@ -387,15 +387,16 @@ class PartModel:
             trees.append(t)
         trees.append({"norm": p["final_norm"], "head": p["head"]})
         out = []
-        for prog, t in zip(self.progs, trees):
+        names = ["the embedding", *(f"LIV #{i}" for i in range(len(self.slot_kinds))), "the head"]
+        for name, prog, t in zip(names, self.progs, trees):
             try:
                 leaves = prog.layout.treedef.flatten_up_to(t)
                 flat = np.concatenate([np.ravel(np.asarray(x, np.float32)) for x in leaves])
             except (ValueError, TypeError) as e:
-                raise ValueError(f"the given parameters do not fit part {prog.kind!r}: {e}") from None
+                raise ValueError(f"the given parameters do not fit {name} of this genome's model: {e}") from None
             if flat.size != prog.layout.size:
-                raise ValueError(f"the given parameters have {flat.size} values for a part of "
-                                 f"{prog.layout.size}")
+                raise ValueError(f"the given parameters have {flat.size} values for {name} of this genome's "
+                                 f"model, which has {prog.layout.size}")
             out.append(jax.device_put(np.pad(flat, (0, prog.size - flat.size))))
         return out
 

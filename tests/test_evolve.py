@@ -202,6 +202,10 @@ def test_unreadable_checkpoints_are_rebuilt_from_the_records(tmp_path):
     for f in (run / "checkpoints").rglob("*"):
         if f.is_file() and f.stat().st_size > 0:
             f.write_bytes(b"garbage")
+    from star_jax.io import CheckpointError
+
+    with pytest.raises(CheckpointError, match="to rebuild the run from evaluations.jsonl"):
+        load_run(run)  # a reader says what to do
     ev = CountingEvaluator()
     with pytest.warns(RuntimeWarning, match="rebuilding the run from the .* records"):
         rebuilt = evolve(tiny(baselines=True, generations=2), run, progress=False, evaluator=ev)

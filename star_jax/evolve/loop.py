@@ -402,9 +402,15 @@ def load_run(run_dir) -> EvolveResult:
     """
     from star_jax.io import RunDir, RunDirError
 
+    from star_jax.io import CheckpointError
+
     rd = RunDir(run_dir)
     config = EvolveConfig.from_dict(rd.read_config())
-    restored = _restore(rd, _make_strategy(config), config)
+    try:
+        restored = _restore(rd, _make_strategy(config), config)
+    except CheckpointError as e:
+        raise CheckpointError(f"{e}\nRun `star-jax evolve` on {rd.path} with its config to rebuild the run from "
+                              f"{rd.evaluations_path.name} (nothing recorded is trained again).") from None
     if restored is None:
         raise RunDirError(f"{rd.path} has no checkpoint yet (the first generation did not finish)")
     return _result(config, rd, *restored)

@@ -199,7 +199,8 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     warnings.showwarning = _show_warning
     user_errors = (CliError, GenomeError, ConfigFieldError, ConfigError, RunDirError, CheckpointError,
-                   KeyError, ValueError, FileNotFoundError)
+                   KeyError, ValueError, FileNotFoundError, PermissionError, IsADirectoryError,
+                   NotADirectoryError, FileExistsError)
     try:
         return int(args.func(args) or 0)
     except KeyboardInterrupt:
@@ -208,7 +209,10 @@ def main(argv=None) -> int:
     except user_errors as e:
         if os.environ.get("STAR_JAX_DEBUG"):
             raise
-        print(f"star-jax {args.command}: error: {_one_line(e)}", file=sys.stderr)
+        hint = ""
+        if isinstance(e, OSError) and not isinstance(e, FileNotFoundError):
+            hint = " (a file or directory the command must write: check its permissions, or pass another --run-dir)"
+        print(f"star-jax {args.command}: error: {_one_line(e)}{hint}", file=sys.stderr)
         return USAGE_ERROR
 
 

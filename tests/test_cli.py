@@ -53,13 +53,9 @@ def test_bad_config_field_and_mismatch(tmp_path):
     assert out.returncode == 2 and "pop_sise" in out.stderr and "pop_size" in out.stderr
     assert len(out.stderr.strip().splitlines()) == 1
 
-    def fake(genomes, config, task, *, on_candidate=None):
-        acc = [int(hashlib.sha256(g.to_string().encode()).hexdigest()[:6], 16) % 100 / 100 for g in genomes]
-        return [{"train_loss": 1.0, "test_loss": 1.0 - a, "test_accuracy": a, "diverged": False} for a in acc]
-
     config = EvolveConfig.quick(n_liv=2, pop_size=4, generations=0, baselines=False)
     (tmp_path / "c.json").write_text(config.to_json())
-    evolve(config, tmp_path / "run", progress=False, evaluator=fake)
+    evolve(config, tmp_path / "run", progress=False, evaluator=_fake_training)
     out = star_jax("evolve", "--config", str(tmp_path / "c.json"), "--run-dir", str(tmp_path / "run"),
                    "--seed", "7", "--no-progress")
     assert out.returncode == 2, out.stderr
@@ -91,3 +87,23 @@ def test_cache_metrics_reject_nonpositive_lengths():
             sj.cache_bytes("1.1.1.1.1-9.1.1.1.1", cfg, seq_len=bad)
     with pytest.raises(ValueError, match="bytes_per_elem must be an integer >= 1"):
         sj.cache_bytes("1.1.1.1.1-9.1.1.1.1", cfg, bytes_per_elem=0)
+
+
+def _fake_training(genomes, config, task, *, on_candidate=None):
+    acc = [int(hashlib.sha256(g.to_string().encode()).hexdigest()[:6], 16) % 100 / 100 for g in genomes]
+    return [{"train_loss": 1.0, "test_loss": 1.0 - a, "test_accuracy": a, "diverged": False} for a in acc]
+
+
+def test_an_unwritable_plots_directory_is_a_one_line_error(tmp_path):
+    run = tmp_path / "run"
+    evolve(EvolveConfig.quick(n_liv=2, pop_size=4, generations=0, baselines=False), run, progress=False,
+           evaluator=_fake_training)
+    plots = run / "plots"
+    for p in plots.iterdir():
+        p.unlink()
+    plots.rmdir()
+    plots.write_text("not a directory", encoding="utf-8")  # blocks every plot
+    out = star_jax("report", str(run))
+    assert out.returncode == 2, out.stderr
+    assert "plots" in out.stderr and "check its permissions" in out.stderr
+    assert len(out.stderr.strip().splitlines()) == 1

@@ -320,11 +320,14 @@ def _fit_parts(program, task, cfg: TrainConfig, params, progress: bool) -> Train
 def fit(model, task, train_cfg: TrainConfig, *, params=None, progress: bool = True) -> TrainResult:
     """Train a Flax module on a task and evaluate it on the task's fixed test set.
 
-    Keys: ``init_key, data_key = batch_keys(train_cfg.seed)``; parameters (unless given) are
-    ``model.init(init_key, zeros[1, task.seq_len] int32)``; step ``s`` trains on
-    ``task.sample(fold_in(data_key, s), batch_size)`` with ``make_train_step``. Steps run in
-    jitted ``lax.scan`` chunks (batches sampled inside the scan when ``task.sample`` is
-    traceable, pre-sampled on the host otherwise: the same batches either way). The test set
+    Keys: ``init_key, data_key = batch_keys(train_cfg.seed)``; step ``s`` trains on
+    ``task.sample(fold_in(data_key, s), batch_size)``. A genome's ``StarModel`` trains through
+    the cached part programs of ``star_jax.train.parts`` (nothing compiled for part kinds seen
+    before in the process; part ``k`` initialised from ``fold_in(init_key, k)``; evaluated at
+    ``batch_size``). Any other module is initialised with ``model.init(init_key, zeros[1,
+    task.seq_len] int32)`` and trained with ``make_train_step`` in jitted ``lax.scan`` chunks
+    (batches sampled inside the scan when ``task.sample`` is traceable, pre-sampled on the host
+    otherwise: the same batches either way). The test set
     is evaluated every ``eval_every`` steps and after the last. A non-finite training or test
     loss stops the run: ``diverged=True``, losses ``inf``, accuracy 0. The same seed gives the
     same result.

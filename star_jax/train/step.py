@@ -77,7 +77,9 @@ def _ratio(numerator: jax.Array, denominator: jax.Array) -> jax.Array:
 def batch_keys(seed: int) -> tuple[jax.Array, jax.Array]:
     """The run's two root keys: ``init_key, data_key = jax.random.split(jax.random.key(seed))``.
 
-    ``init_key`` initialises the parameters (``model.init(init_key, zeros[1, seq_len] int32)``);
+    ``init_key`` initialises the parameters (a genome's backbone: part ``k`` from
+    ``fold_in(init_key, k)``, see ``star_jax.train.parts``; another flax module:
+    ``model.init(init_key, zeros[1, seq_len] int32)``);
     the batch of 0-based step ``s`` is ``task.sample(jax.random.fold_in(data_key, s), batch_size)``
     (see ``step_batch_key``). Batches therefore depend on the seed and the step only, never on
     chunking, resumption or the model.

@@ -159,6 +159,45 @@ def _finish(records, evals, steps_run: int, diverged: bool, last_eval, cfg: Trai
     return curve, metrics
 
 
+def _drive(cfg: TrainConfig, progress: bool, run_chunk, evaluate):
+    """The host loop every trainer shares: ``chunk_plan``'s chunks, the divergence rule, the
+    evaluation points and the progress bar.
+
+    Arguments:
+        cfg: the training config.
+        progress: show a progress bar.
+        run_chunk: ``run_chunk(start, stop) -> metrics``: runs 0-based steps ``start..stop-1``
+            and returns per-step host arrays ``loss``, ``accuracy``, ``grad_norm``, ``finite``
+            (at least ``stop - start`` long); after a non-finite step it changes nothing more.
+        evaluate: ``evaluate() -> {"loss", "accuracy"}`` over the whole test set.
+
+    Returns:
+        ``(curve, metrics)`` as in ``TrainResult``.
+    """
+    _, plan = chunk_plan(cfg)
+    records: dict[str, list[np.ndarray]] = {"train_loss": [], "train_accuracy": [], "grad_norm": []}
+    evals: dict[str, list] = {"eval_step": [], "test_loss": [], "test_accuracy": []}
+    diverged = False
+    steps_run = 0
+    last_eval = {"loss": math.inf, "accuracy": 0.0}
+    with _progress_bar(progress) as bar:
+        bar_task = bar.add_task("train", total=cfg.steps, info="")
+        for start, stop in plan:
+            metrics = run_chunk(start, stop)
+            n, diverged = _record_chunk(records, metrics, stop - start)
+            steps_run = start + n
+            info = f"loss {float(metrics['loss'][n - 1]):.4f}"
+            if not diverged and is_eval_point(cfg, stop):
+                last_eval = evaluate()
+                diverged = not math.isfinite(last_eval["loss"])
+                info += _record_eval(evals, stop, last_eval)
+            bar.update(bar_task, completed=steps_run, info=info)
+            if diverged:
+                bar.update(bar_task, info=info + "  [red]diverged")
+                break
+    return _finish(records, evals, steps_run, diverged, last_eval, cfg)
+
+
 def _fit(apply_fn, init_fn, task, cfg: TrainConfig, params, progress: bool) -> TrainResult:
     start_time = time.perf_counter()
     init_key, data_key = batch_keys(cfg.seed)
@@ -191,41 +230,28 @@ def _fit(apply_fn, init_fn, task, cfg: TrainConfig, params, progress: bool) -> T
         chunk_fn = jax.jit(make_scan_chunk(train_step), donate_argnums=(0, 1))
     test_inputs, test_targets = stack_test_batches(task, cfg.eval_batch_size)
 
-    chunk_len, plan = chunk_plan(cfg)
-    records: dict[str, list[np.ndarray]] = {"train_loss": [], "train_accuracy": [], "grad_norm": []}
-    evals: dict[str, list] = {"eval_step": [], "test_loss": [], "test_accuracy": []}
-    alive = jnp.asarray(True)
-    diverged = False
-    steps_run = 0
-    last_eval = {"loss": math.inf, "accuracy": 0.0}
+    chunk_len, _ = chunk_plan(cfg)
+    state = {"params": params, "opt_state": opt_state, "alive": jnp.asarray(True)}
 
-    with _progress_bar(progress) as bar:
-        bar_task = bar.add_task("train", total=cfg.steps, info="")
-        for start, stop in plan:
-            steps = np.arange(start, start + chunk_len, dtype=np.int32)  # padded to chunk_len
-            active = steps < stop
-            if in_scan:
-                args = (data_key, jnp.asarray(steps), jnp.asarray(active), alive)
-            else:
-                batches = [task.sample(step_batch_key(data_key, int(s)), batch_size) for s in steps]
-                inputs = jnp.stack([jnp.asarray(x, jnp.int32) for x, _ in batches])
-                targets = jnp.stack([jnp.asarray(y, jnp.int32) for _, y in batches])
-                args = (inputs, targets, jnp.asarray(active), alive)
-            params, opt_state, alive, metrics = chunk_fn(params, opt_state, *args)
-            metrics = jax.device_get(metrics)
-            n, diverged = _record_chunk(records, metrics, stop - start)
-            steps_run = start + n
-            info = f"loss {float(metrics['loss'][n - 1]):.4f}"
-            if not diverged and is_eval_point(cfg, stop):
-                last_eval = evaluate_stacked(apply_fn, params, test_inputs, test_targets)
-                diverged = not math.isfinite(last_eval["loss"])
-                info += _record_eval(evals, stop, last_eval)
-            bar.update(bar_task, completed=steps_run, info=info)
-            if diverged:
-                bar.update(bar_task, info=info + "  [red]diverged")
-                break
+    def run_chunk(start: int, stop: int) -> dict:
+        steps = np.arange(start, start + chunk_len, dtype=np.int32)  # padded to chunk_len
+        active = steps < stop
+        if in_scan:
+            args = (data_key, jnp.asarray(steps), jnp.asarray(active), state["alive"])
+        else:
+            batches = [task.sample(step_batch_key(data_key, int(s)), batch_size) for s in steps]
+            inputs = jnp.stack([jnp.asarray(x, jnp.int32) for x, _ in batches])
+            targets = jnp.stack([jnp.asarray(y, jnp.int32) for _, y in batches])
+            args = (inputs, targets, jnp.asarray(active), state["alive"])
+        state["params"], state["opt_state"], state["alive"], metrics = chunk_fn(
+            state["params"], state["opt_state"], *args)
+        return jax.device_get(metrics)
 
-    curve, metrics_out = _finish(records, evals, steps_run, diverged, last_eval, cfg)
+    def evaluate() -> dict[str, float]:
+        return evaluate_stacked(apply_fn, state["params"], test_inputs, test_targets)
+
+    curve, metrics_out = _drive(cfg, progress, run_chunk, evaluate)
+    params = state["params"]
     return TrainResult(
         params=params if layout is None else layout.unravel(params),
         metrics=metrics_out,
@@ -256,8 +282,6 @@ def _fit_parts(program, task, cfg: TrainConfig, params, progress: bool) -> Train
     decays = [p.decay for p in model.progs]
     hyper = P.hyper_vector(cfg)
     seed = np.uint32(cfg.seed)
-    count = np.int32(0)
-    alive = np.bool_(True)
     batch_size = cfg.batch_size
     traceable = sampling_is_traceable(task, batch_size)
     sampler = P.batch_sampler(task, batch_size) if traceable else None
@@ -265,54 +289,39 @@ def _fit_parts(program, task, cfg: TrainConfig, params, progress: bool) -> Train
     # evaluated at the training batch size: the training programs serve, nothing new compiles
     test_inputs, test_targets = (jax.device_put(list(a)) for a in stack_test_batches(task, batch_size))
 
-    _, plan = chunk_plan(cfg)
-    records: dict[str, list[np.ndarray]] = {"train_loss": [], "train_accuracy": [], "grad_norm": []}
-    evals: dict[str, list] = {"eval_step": [], "test_loss": [], "test_accuracy": []}
-    diverged = False
-    steps_run = 0
-    last_eval = {"loss": math.inf, "accuracy": 0.0}
     n_parts = model.n_parts
-    hold: list = []
-    with _progress_bar(progress) as bar:
-        bar_task = bar.add_task("train", total=cfg.steps, info="")
-        for start, stop in plan:
-            chunk = []
-            for s in range(start, stop):
-                if sampler is not None:
-                    inputs, targets = sampler(seed, np.int32(s))
-                else:
-                    x, y = task.sample(step_batch_key(data_key, s), batch_size)
-                    inputs, targets = np.asarray(x, np.int32), np.asarray(y, np.int32)
-                # this step's intermediates stay referenced until the next step is queued: freeing
-                # an array whose program has not run yet would block the host (see loss_and_grads)
-                hold, prev_hold = [inputs, targets, count, alive], hold
-                (loss, sums), grads, sq = model.loss_and_grads(vecs, inputs, targets, hold)
-                ok, grad_norm, alive, new_count, metrics = P._step_tail(loss, sums, sq, alive, count)
-                hold += [loss, sums, sq, ok, grad_norm]
-                for k in range(n_parts):
-                    vecs[k], mus[k], nus[k] = P._adamw(vecs[k], grads[k], mus[k], nus[k], decays[k], count, ok,
-                                                       grad_norm, hyper)
-                count = new_count
-                chunk.append(metrics)
-                del prev_hold
-            host = jax.device_get(chunk)
-            metrics = {key: np.array([m[key] for m in host]) for key in host[0]}
-            n, diverged = _record_chunk(records, metrics, stop - start)
-            steps_run = start + n
-            info = f"loss {float(metrics['loss'][n - 1]):.4f}"
-            if not diverged and is_eval_point(cfg, stop):
-                loss_sum, n_correct, n_counted = model.eval_sums(vecs, test_inputs, test_targets)
-                if n_counted == 0:
-                    raise ValueError("the test set has no counted targets (all are -100)")
-                last_eval = {"loss": loss_sum / n_counted, "accuracy": int(n_correct) / int(n_counted)}
-                diverged = not math.isfinite(last_eval["loss"])
-                info += _record_eval(evals, stop, last_eval)
-            bar.update(bar_task, completed=steps_run, info=info)
-            if diverged:
-                bar.update(bar_task, info=info + "  [red]diverged")
-                break
+    state = {"count": np.int32(0), "alive": np.bool_(True), "hold": []}
 
-    curve, metrics_out = _finish(records, evals, steps_run, diverged, last_eval, cfg)
+    def run_chunk(start: int, stop: int) -> dict:
+        chunk = []
+        for s in range(start, stop):
+            if sampler is not None:
+                inputs, targets = sampler(seed, np.int32(s))
+            else:
+                x, y = task.sample(step_batch_key(data_key, s), batch_size)
+                inputs, targets = np.asarray(x, np.int32), np.asarray(y, np.int32)
+            count, alive = state["count"], state["alive"]
+            # this step's intermediates stay referenced until the next step is queued: freeing
+            # an array whose program has not run yet would block the host (see loss_and_grads)
+            hold = [inputs, targets, count, alive]
+            (loss, sums), grads, sq = model.loss_and_grads(vecs, inputs, targets, hold)
+            ok, grad_norm, alive, new_count, metrics = P._step_tail(loss, sums, sq, alive, count)
+            hold += [loss, sums, sq, ok, grad_norm]
+            for k in range(n_parts):
+                vecs[k], mus[k], nus[k] = P._adamw(vecs[k], grads[k], mus[k], nus[k], decays[k], count, ok,
+                                                   grad_norm, hyper)
+            state.update(count=new_count, alive=alive, hold=hold)
+            chunk.append(metrics)
+        host = jax.device_get(chunk)
+        return {key: np.array([m[key] for m in host]) for key in host[0]}
+
+    def evaluate() -> dict[str, float]:
+        loss_sum, n_correct, n_counted = model.eval_sums(vecs, test_inputs, test_targets)
+        if n_counted == 0:
+            raise ValueError("the test set has no counted targets (all are -100)")
+        return {"loss": loss_sum / n_counted, "accuracy": int(n_correct) / int(n_counted)}
+
+    curve, metrics_out = _drive(cfg, progress, run_chunk, evaluate)
     return TrainResult(params=model.to_flax(vecs), metrics=metrics_out, curve=curve, config=cfg,
                        seconds=time.perf_counter() - start_time)
 

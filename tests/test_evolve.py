@@ -138,6 +138,16 @@ def _run_script(run_dir, env):
                             cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
+def _assert_same_run(run, straight) -> None:
+    """The run in ``run`` ended exactly as the uninterrupted one in ``straight``."""
+    got, want = load_run(run), load_run(straight)
+    assert got.archive == want.archive
+    assert got.front_records == want.front_records
+    assert got.hypervolume == want.hypervolume
+    assert [g.to_string() for g in got.population] == [g.to_string() for g in want.population]
+    assert (run / "evaluations.jsonl").read_text() == (straight / "evaluations.jsonl").read_text()
+
+
 def test_resume_after_kill_matches_uninterrupted_run(tmp_path):
     env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     run = tmp_path / "killed"
@@ -154,13 +164,8 @@ def test_resume_after_kill_matches_uninterrupted_run(tmp_path):
     assert 2 <= partial.generations_done < 5
     out = _run_script(run, env).communicate(timeout=120)
     assert "DONE" in out[0], out[1][-2000:]
-    uninterrupted = evolve(tiny(baselines=True), tmp_path / "straight", progress=False, evaluator=CountingEvaluator())
-    resumed = load_run(run)
-    assert resumed.archive == uninterrupted.archive
-    assert resumed.front_records == uninterrupted.front_records
-    assert resumed.hypervolume == uninterrupted.hypervolume
-    assert [g.to_string() for g in resumed.population] == [g.to_string() for g in uninterrupted.population]
-    assert (run / "evaluations.jsonl").read_text() == (tmp_path / "straight" / "evaluations.jsonl").read_text()
+    evolve(tiny(baselines=True), tmp_path / "straight", progress=False, evaluator=CountingEvaluator())
+    _assert_same_run(run, tmp_path / "straight")
     steps = [json.loads(x)["step"] for x in (run / "logs" / "metrics.jsonl").read_text().splitlines()]
     assert steps == [0, 1, 2, 3, 4]
     names = sorted(json.loads(x)["baseline"] for x in (run / "baselines.jsonl").read_text().splitlines())
@@ -210,12 +215,9 @@ def test_unreadable_checkpoints_are_rebuilt_from_the_records(tmp_path):
     with pytest.warns(RuntimeWarning, match="rebuilding the run from the .* records"):
         rebuilt = evolve(tiny(baselines=True, generations=2), run, progress=False, evaluator=ev)
     assert ev.trained == []  # every genome was recorded: nothing trained again
-    short = evolve(tiny(baselines=True, generations=2), tmp_path / "short", progress=False,
-                   evaluator=CountingEvaluator())
-    assert rebuilt.archive == short.archive and rebuilt.front_records == short.front_records
-    assert rebuilt.hypervolume == short.hypervolume
-    assert [g.to_string() for g in rebuilt.population] == [g.to_string() for g in short.population]
-    assert (run / "evaluations.jsonl").read_text() == (tmp_path / "short" / "evaluations.jsonl").read_text()
+    evolve(tiny(baselines=True, generations=2), tmp_path / "short", progress=False, evaluator=CountingEvaluator())
+    _assert_same_run(run, tmp_path / "short")
+    assert rebuilt.archive == load_run(run).archive
     assert (run / "baselines.jsonl").read_text() == (tmp_path / "short" / "baselines.jsonl").read_text()
     assert load_run(run).generations_done == 3  # checkpoints written again
 
@@ -244,24 +246,17 @@ def test_soak_killed_at_random_moments_ends_as_an_uninterrupted_run(tmp_path):
     rng = random.Random(1234)
     env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     run = tmp_path / "soaked"
-    done = 0
     for _ in range(kills):
         proc = _run_script(run, env)
         try:
-            out, _ = proc.communicate(timeout=rng.uniform(1.0, 4.5))
-            done += "DONE" in out
+            proc.communicate(timeout=rng.uniform(1.0, 4.5))  # finished before its kill: fine too
         except subprocess.TimeoutExpired:
             proc.send_signal(signal.SIGKILL)
             proc.communicate()
     out = _run_script(run, env).communicate(timeout=180)
     assert "DONE" in out[0], out[1][-2000:]
-    uninterrupted = evolve(tiny(baselines=True), tmp_path / "straight", progress=False, evaluator=CountingEvaluator())
-    soaked = load_run(run)
-    assert soaked.archive == uninterrupted.archive
-    assert soaked.front_records == uninterrupted.front_records
-    assert [g.to_string() for g in soaked.population] == [g.to_string() for g in uninterrupted.population]
-    text = (run / "evaluations.jsonl").read_text()
-    assert text == (tmp_path / "straight" / "evaluations.jsonl").read_text()
-    hashes = [json.loads(x)["hash"] for x in text.splitlines()]
+    evolve(tiny(baselines=True), tmp_path / "straight", progress=False, evaluator=CountingEvaluator())
+    _assert_same_run(run, tmp_path / "straight")
+    hashes = [json.loads(x)["hash"] for x in (run / "evaluations.jsonl").read_text().splitlines()]
     assert len(hashes) == len(set(hashes))
     assert len([p for p in (run / "checkpoints").iterdir() if p.name.isdigit()]) <= 3

@@ -579,13 +579,16 @@ def batch_sampler(task, batch_size: int):
     ``batch_keys(seed)``; compiled once per task and batch size."""
     try:
         per_task = _SAMPLERS.setdefault(task, {})
+        # a weak reference: the cached program must not keep its task (the cache's key) alive
+        ref = weakref.ref(task)
     except TypeError:  # a task that cannot be weakly referenced: no caching
-        per_task = {}
+        per_task, ref = {}, (lambda: task)
     fn = per_task.get(batch_size)
     if fn is None:
+
         def sample(seed, step):
             data_key = jax.random.split(jax.random.key(seed))[1]
-            return task.sample(step_batch_key(data_key, step), batch_size)
+            return ref().sample(step_batch_key(data_key, step), batch_size)
 
         fn = jax.jit(sample)
         per_task[batch_size] = fn

@@ -14,7 +14,9 @@ from star_jax.model.model import build_model
 from star_jax.train.config import TrainConfig
 from star_jax.train.loop import train as train_one
 from star_jax.train.optim import FlatLayout, make_flat_optimizer
+from star_jax.train.progress import progress_bar
 from star_jax.train import parts
+from star_jax.train.loop import chunk_plan
 from star_jax.train.step import batch_keys
 
 from .common import Engine, PopulationResult, TraceCounter, make_population_chunk, run_population, sample_in_scan
@@ -103,13 +105,18 @@ def _run_static(genomes, cfg, task, train_cfg, mesh, init_params, progress):
     return metrics, curves, params, counter.count, times
 
 
-def _run_sequential(genomes, cfg, task, train_cfg, init_params, progress):
+def _run_sequential(genomes, cfg, task, train_cfg, init_params, bar, first: int, total: int, progress: bool):
+    """Candidates one by one; ``bar`` counts candidates (``first`` done before this chunk)."""
     metrics, curves, params = [], [], []
     t0 = time.perf_counter()
-    parts.warm_up_genomes(genomes, cfg, task, train_cfg.batch_size)
+    bar.phase(f"compiling the new part programs of {len(genomes)} genomes")
+    n_compiled = parts.warm_up_genomes(genomes, cfg, task, train_cfg.batch_size)
+    bar.log(f"compiled {n_compiled} part program{'s' if n_compiled != 1 else ''} in {time.perf_counter() - t0:.1f}s")
     for c, g in enumerate(genomes):
         given = None if init_params is None else init_params[c]
+        bar.phase(f"candidate {first + c + 1}/{total}: {g.short()}")
         r = train_one(g, cfg, task, train_cfg, params=given, progress=progress)
+        bar.update(completed=first + c + 1)
         metrics.append(r.metrics)
         curves.append(r.curve)
         params.append(r.params)
@@ -156,7 +163,9 @@ def train_population(genomes: Sequence[Genome | str], cfg: ModelConfig, task, tr
             are skipped by ``lax.cond``) and are not returned. When the memory budget splits the
             population, every chunk is padded to the largest one (one compile for all chunks).
             Ignored by ``"static"`` and ``"sequential"``, which compile per call anyway.
-        progress: print progress.
+        progress: show an overall bar on stderr: candidates done (``"sequential"``, with each
+            candidate's own bar below it) or steps done by the whole population (``"static"``,
+            ``"data"``; "compiling" until the first chunk of steps has run). Off by default.
 
     Returns:
         A ``PopulationResult`` (per-candidate metrics, curves, optional params, compile count,
@@ -183,23 +192,39 @@ def train_population(genomes: Sequence[Genome | str], cfg: ModelConfig, task, tr
     params: list = [None] * len(genomes)
     n_compiles = 0
     timings: dict[str, float] = {}
-    for idx in chunks:
-        sub = [genomes[i] for i in idx]
-        sub_init = None if init_params is None else [init_params[i] for i in idx]
-        if strategy == "sequential":
-            out = _run_sequential(sub, cfg, task, train_cfg, sub_init, progress)
-        elif strategy == "static":
-            out = _run_static(sub, cfg, task, train_cfg, mesh, sub_init, progress)
-        else:
-            from .data import run_data
+    unit = "candidates" if strategy == "sequential" else "candidate-steps"
+    total = len(genomes) * (1 if strategy == "sequential" else train_cfg.steps)
+    done = 0
+    with progress_bar(f"train_population: {len(genomes)} genomes ({strategy}), {unit}", total,
+                      enabled=progress) as bar:
+        for idx in chunks:
+            sub = [genomes[i] for i in idx]
+            sub_init = None if init_params is None else [init_params[i] for i in idx]
+            if strategy == "sequential":
+                out = _run_sequential(sub, cfg, task, train_cfg, sub_init, bar, done, len(genomes), progress)
+            else:
+                offset = done * train_cfg.steps
+                what = "compiling" if strategy == "static" else "compiling (or reusing) the step"
+                bar.phase(f"{what} for {len(sub)} candidates, then steps 1-{chunk_plan(train_cfg)[0]}")
 
-            out = run_data(sub, cfg, task, train_cfg, mesh, sub_init, progress, classes, pad_to)
-        m, cv, pr, nc, times = out
-        for j, i in enumerate(idx):
-            metrics[i], curves[i], params[i] = m[j], cv[j], pr[j]
-        n_compiles += nc
-        for k, v in times.items():
-            timings[k] = timings.get(k, 0.0) + v
+                def on_chunk(steps_done, alive, n, offset=offset):
+                    bar.phase(f"training {n} candidates ({strategy})")
+                    bar.update(completed=offset + steps_done * n, info=f"{alive}/{n} alive")
+
+                report = on_chunk if progress else None
+                if strategy == "static":
+                    out = _run_static(sub, cfg, task, train_cfg, mesh, sub_init, report)
+                else:
+                    from .data import run_data
+
+                    out = run_data(sub, cfg, task, train_cfg, mesh, sub_init, report, classes, pad_to)
+            done += len(sub)
+            m, cv, pr, nc, times = out
+            for j, i in enumerate(idx):
+                metrics[i], curves[i], params[i] = m[j], cv[j], pr[j]
+            n_compiles += nc
+            for k, v in times.items():
+                timings[k] = timings.get(k, 0.0) + v
     timings["total"] = time.perf_counter() - start
     timings["n_chunks"] = float(len(chunks))
     return PopulationResult(metrics=metrics, curves=curves, params=params if keep_params else None,

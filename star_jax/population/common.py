@@ -127,7 +127,7 @@ def sample_in_scan(task, batch_size: int) -> bool:
     return sampling_is_traceable(task, batch_size)
 
 
-def run_population(engine: Engine, task, train_cfg: TrainConfig, data_key, *, progress: bool = False):
+def run_population(engine: Engine, task, train_cfg: TrainConfig, data_key, *, progress=None):
     """Drive a population through ``train_cfg.steps`` steps exactly as ``star_jax.train`` drives
     one candidate: the same chunk plan, eval points, divergence rule and final metrics.
 
@@ -136,7 +136,8 @@ def run_population(engine: Engine, task, train_cfg: TrainConfig, data_key, *, pr
         task: the task.
         train_cfg: the training config.
         data_key: the second key of ``batch_keys(train_cfg.seed)``.
-        progress: print one line per chunk.
+        progress: None, or ``progress(steps_done, n_alive, n_candidates)`` called after each
+            chunk of steps (``train_population`` moves its bar with it).
 
     Returns:
         ``(metrics, curves, params_list, timings)`` per candidate.
@@ -200,9 +201,8 @@ def run_population(engine: Engine, task, train_cfg: TrainConfig, data_key, *, pr
                 evals[c]["eval_step"].append(stop)
                 evals[c]["test_loss"].append(ev["loss"])
                 evals[c]["test_accuracy"].append(ev["accuracy"])
-        if progress:
-            alive_n = p - sum(diverged)
-            print(f"population: steps {stop}/{cfg.steps}, {alive_n}/{n_real} alive", flush=True)
+        if progress is not None:
+            progress(stop, n_real - sum(diverged[:n_real]), n_real)
         if all(diverged):
             break
 

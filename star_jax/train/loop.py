@@ -13,6 +13,7 @@ import numpy as np
 
 from star_jax.train.config import TrainConfig
 from star_jax.train.optim import FlatLayout, make_flat_optimizer, make_optimizer
+from star_jax.train.progress import progress_bar
 from star_jax.train.step import (
     batch_keys,
     evaluate_stacked,
@@ -97,19 +98,6 @@ def _check_logits(apply_fn, params, task) -> None:
         )
 
 
-def _progress_bar(enabled: bool):
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-    return Progress(
-        TextColumn("[progress.description]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        TextColumn("{task.fields[info]}"),
-        disable=not enabled,
-    )
-
-
 def _flat_layout_or_none(params):
     try:
         return FlatLayout(params)
@@ -159,13 +147,14 @@ def _finish(records, evals, steps_run: int, diverged: bool, last_eval, cfg: Trai
     return curve, metrics
 
 
-def _drive(cfg: TrainConfig, progress: bool, run_chunk, evaluate):
+def _drive(cfg: TrainConfig, bar, run_chunk, evaluate):
     """The host loop every trainer shares: ``chunk_plan``'s chunks, the divergence rule, the
     evaluation points and the progress bar.
 
     Arguments:
         cfg: the training config.
-        progress: show a progress bar.
+        bar: the run's ``progress.Bar`` (its phase becomes "training" once the first chunk,
+            which compiles whatever is not compiled yet, has run).
         run_chunk: ``run_chunk(start, stop) -> metrics``: runs 0-based steps ``start..stop-1``
             and returns per-step host arrays ``loss``, ``accuracy``, ``grad_norm``, ``finite``
             (at least ``stop - start`` long); after a non-finite step it changes nothing more.
@@ -180,25 +169,30 @@ def _drive(cfg: TrainConfig, progress: bool, run_chunk, evaluate):
     diverged = False
     steps_run = 0
     last_eval = {"loss": math.inf, "accuracy": 0.0}
-    with _progress_bar(progress) as bar:
-        bar_task = bar.add_task("train", total=cfg.steps, info="")
-        for start, stop in plan:
-            metrics = run_chunk(start, stop)
-            n, diverged = _record_chunk(records, metrics, stop - start)
-            steps_run = start + n
-            info = f"loss {float(metrics['loss'][n - 1]):.4f}"
-            if not diverged and is_eval_point(cfg, stop):
-                last_eval = evaluate()
-                diverged = not math.isfinite(last_eval["loss"])
-                info += _record_eval(evals, stop, last_eval)
-            bar.update(bar_task, completed=steps_run, info=info)
-            if diverged:
-                bar.update(bar_task, info=info + "  [red]diverged")
-                break
+    for start, stop in plan:
+        metrics = run_chunk(start, stop)
+        n, diverged = _record_chunk(records, metrics, stop - start)
+        steps_run = start + n
+        info = f"loss {float(metrics['loss'][n - 1]):.4f}"
+        if not diverged and is_eval_point(cfg, stop):
+            last_eval = evaluate()
+            diverged = not math.isfinite(last_eval["loss"])
+            info += _record_eval(evals, stop, last_eval)
+        bar.phase("training")  # from the first chunk on (it compiled what was not compiled yet)
+        bar.update(completed=steps_run, info=info)
+        if diverged:
+            bar.update(info=info + "  [red]diverged")
+            break
     return _finish(records, evals, steps_run, diverged, last_eval, cfg)
 
 
 def _fit(apply_fn, init_fn, task, cfg: TrainConfig, params, progress: bool) -> TrainResult:
+    # jit compiles inside the first chunk's call: the bar says so until that chunk returns
+    with progress_bar(f"compiling, then steps 1-{chunk_plan(cfg)[1][0][1]}", cfg.steps, enabled=progress) as bar:
+        return _fit_on(apply_fn, init_fn, task, cfg, params, bar)
+
+
+def _fit_on(apply_fn, init_fn, task, cfg: TrainConfig, params, bar) -> TrainResult:
     start_time = time.perf_counter()
     init_key, data_key = batch_keys(cfg.seed)
     if params is None:
@@ -250,7 +244,7 @@ def _fit(apply_fn, init_fn, task, cfg: TrainConfig, params, progress: bool) -> T
     def evaluate() -> dict[str, float]:
         return evaluate_stacked(apply_fn, state["params"], test_inputs, test_targets)
 
-    curve, metrics_out = _drive(cfg, progress, run_chunk, evaluate)
+    curve, metrics_out = _drive(cfg, bar, run_chunk, evaluate)
     params = state["params"]
     return TrainResult(
         params=params if layout is None else layout.unravel(params),
@@ -272,7 +266,21 @@ def _fit_parts(program, task, cfg: TrainConfig, params, progress: bool) -> Train
         raise ValueError(f"the model's vocabulary ({program.cfg.vocab_size}) is smaller than the task's "
                          f"({task.vocab_size}): set ModelConfig.vocab_size >= {task.vocab_size}")
     model = P.PartModel(program, task.seq_len)
-    P.warm_up([model], cfg.batch_size)  # compiles the part kinds not seen yet, side by side
+    n_new = len({id(p) for p in model.progs if cfg.batch_size not in p.warmed})  # what warm_up compiles
+    first = f"compiling {n_new} part program{'s' if n_new != 1 else ''}" if n_new else "training"
+    with progress_bar(first, cfg.steps, enabled=progress) as bar:
+        return _fit_parts_on(model, task, cfg, params, bar, start_time)
+
+
+def _fit_parts_on(model, task, cfg: TrainConfig, params, bar, start_time: float) -> TrainResult:
+    from star_jax.train import parts as P
+
+    t_compile = time.perf_counter()
+    n_compiled = P.warm_up([model], cfg.batch_size)  # compiles the part kinds not seen yet, side by side
+    if n_compiled:
+        bar.log(f"compiled {n_compiled} part program{'s' if n_compiled != 1 else ''} "
+                f"in {time.perf_counter() - t_compile:.1f}s")
+    bar.phase("training")
     if params is None:
         vecs, mus, nus = model.init(cfg.seed)
     else:
@@ -321,7 +329,7 @@ def _fit_parts(program, task, cfg: TrainConfig, params, progress: bool) -> Train
             raise ValueError("the test set has no counted targets (all are -100)")
         return {"loss": loss_sum / n_counted, "accuracy": int(n_correct) / int(n_counted)}
 
-    curve, metrics_out = _drive(cfg, progress, run_chunk, evaluate)
+    curve, metrics_out = _drive(cfg, bar, run_chunk, evaluate)
     return TrainResult(params=model.to_flax(vecs), metrics=metrics_out, curve=curve, config=cfg,
                        seconds=time.perf_counter() - start_time)
 

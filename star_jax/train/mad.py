@@ -168,7 +168,9 @@ def score(
         eval_batch_size: test sequences per evaluation batch.
         seed: training seed of every run.
         train_overrides: other ``TrainConfig`` fields (e.g. ``{"clip_norm": 1.0}``).
-        progress: show a progress bar per run.
+        progress: show, on stderr, an overall bar over the ``settings x lrs x weight_decays``
+            runs (its text names the run in progress), the bar of that run (compiling, then
+            training), and one line per finished run.
 
     Returns:
         A ``MadScore``.
@@ -176,6 +178,7 @@ def score(
     from star_jax import tasks
     from star_jax.model import build_model
     from star_jax.train.loop import fit
+    from star_jax.train.progress import progress_bar
 
     settings = tuple(tasks.mad_baselines() if settings is None else settings)
     if not settings:
@@ -184,46 +187,56 @@ def score(
         raise ValueError(f"the grid is empty: lrs={tuple(lrs)}, weight_decays={tuple(weight_decays)}")
     overrides = dict(train_overrides or {})
     results = []
-    for setting in settings:
-        name, task_name, task = _resolve_setting(setting)
-        model = build_model(genome, _model_config_for(model_cfg, task))
-        run_steps = mad_steps(task.num_train, batch_size) if steps is None else int(steps)
-        grid = []
-        for lr in lrs:
-            for wd in weight_decays:
-                cfg = TrainConfig.from_dict({
-                    "steps": run_steps,
-                    "batch_size": batch_size,
-                    "lr": float(lr),
-                    "weight_decay": float(wd),
-                    "warmup_steps": 0,
-                    "min_lr_ratio": min(1.0, MAD_MIN_LR / float(lr)),
-                    "clip_norm": None,
-                    "b1": 0.9,
-                    "b2": 0.999,
-                    "eval_every": 0,
-                    "eval_batch_size": eval_batch_size,
-                    "seed": seed,
-                    **overrides,
-                })
-                result = fit(model, task, cfg, progress=progress)
-                grid.append(GridPoint(
-                    lr=float(lr),
-                    weight_decay=float(wd),
-                    test_accuracy=float(result.metrics["test_accuracy"]),
-                    test_loss=float(result.metrics["test_loss"]),
-                    diverged=bool(result.metrics["diverged"]),
-                ))
-        best = max(grid, key=lambda point: point.test_accuracy)  # first of equals wins
-        results.append(SettingScore(
-            name=name,
-            task=task_name,
-            best_accuracy=best.test_accuracy,
-            best_lr=best.lr,
-            best_weight_decay=best.weight_decay,
-            steps=run_steps,
-            grid=tuple(grid),
-        ))
+    n_runs = len(settings) * len(lrs) * len(weight_decays)
+    done = 0
+    with progress_bar(f"MAD score: {n_runs} runs", n_runs, enabled=progress) as overall:
+        for setting in settings:
+            name, task_name, task = _resolve_setting(setting)
+            model = build_model(genome, _model_config_for(model_cfg, task))
+            run_steps = mad_steps(task.num_train, batch_size) if steps is None else int(steps)
+            grid = []
+            for lr in lrs:
+                for wd in weight_decays:
+                    cfg = TrainConfig.from_dict({
+                        "steps": run_steps,
+                        "batch_size": batch_size,
+                        "lr": float(lr),
+                        "weight_decay": float(wd),
+                        "warmup_steps": 0,
+                        "min_lr_ratio": min(1.0, MAD_MIN_LR / float(lr)),
+                        "clip_norm": None,
+                        "b1": 0.9,
+                        "b2": 0.999,
+                        "eval_every": 0,
+                        "eval_batch_size": eval_batch_size,
+                        "seed": seed,
+                        **overrides,
+                    })
+                    run = f"{name} lr={lr:g} wd={wd:g}"
+                    overall.phase(f"MAD run {done + 1}/{n_runs}: {run}")
+                    result = fit(model, task, cfg, progress=progress)
+                    done += 1
+                    overall.update(completed=done)
+                    overall.log(f"MAD run {done}/{n_runs}: {run}: test accuracy "
+                                f"{result.metrics['test_accuracy']:.4f}"
+                                + (" (diverged)" if result.metrics["diverged"] else ""))
+                    grid.append(GridPoint(
+                        lr=float(lr),
+                        weight_decay=float(wd),
+                        test_accuracy=float(result.metrics["test_accuracy"]),
+                        test_loss=float(result.metrics["test_loss"]),
+                        diverged=bool(result.metrics["diverged"]),
+                    ))
+            best = max(grid, key=lambda point: point.test_accuracy)  # first of equals wins
+            results.append(SettingScore(
+                name=name,
+                task=task_name,
+                best_accuracy=best.test_accuracy,
+                best_lr=best.lr,
+                best_weight_decay=best.weight_decay,
+                steps=run_steps,
+                grid=tuple(grid),
+            ))
 
     per_task: dict[str, list[float]] = {}
     for item in results:

@@ -9,11 +9,13 @@ It measures how much an evolution run has pushed its Pareto front, generation by
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from star_jax.evolve.nsga2 import dominance_matrix
 
-__all__ = ["hypervolume"]
+__all__ = ["hypervolume", "normalize_hypervolume"]
 
 
 def _non_dominated(points: np.ndarray) -> np.ndarray:
@@ -89,3 +91,38 @@ def hypervolume(points, reference) -> float:
     if pts.shape[0] == 0:
         return 0.0
     return _hv(pts, ref)
+
+
+def normalize_hypervolume(value: float, reference, ideal) -> float:
+    """A hypervolume as the fraction, in [0, 1], of the box from ``ideal`` to ``reference``.
+
+    Rescaling every objective affinely to ``(f - ideal) / (reference - ideal)`` maps the box to
+    the unit cube and multiplies every hypervolume by ``1 / prod(reference - ideal)``; so for
+    points no better than ``ideal`` in any objective (e.g. ``ideal`` = the minimum of each
+    objective over the points), ``normalize_hypervolume(hypervolume(points, reference),
+    reference, ideal)`` equals ``hypervolume(rescaled points, ones)``: 1.0 when one point sits at
+    ``ideal``, 0.0 when none dominates ``reference``. Values of different runs compare when they
+    share the reference and ideal points.
+
+    Arguments:
+        value: a hypervolume w.r.t. ``reference`` (e.g. from ``hypervolume``).
+        reference: [n_objectives] the reference point.
+        ideal: [n_objectives] the ideal point, smaller than ``reference`` in every objective.
+
+    Returns:
+        ``value / prod(reference - ideal)`` as a Python float.
+
+    Raises:
+        ValueError: when the points' sizes differ, a value is not finite, or ``ideal`` is not
+            below ``reference`` in every objective (the box is empty).
+    """
+    ref = np.asarray(reference, dtype=np.float64).reshape(-1)
+    lo = np.asarray(ideal, dtype=np.float64).reshape(-1)
+    if ref.shape != lo.shape:
+        raise ValueError(f"reference {ref.tolist()} and ideal {lo.tolist()} must have one value per objective")
+    if not (np.all(np.isfinite(ref)) and np.all(np.isfinite(lo)) and math.isfinite(value)):
+        raise ValueError(f"reference {ref.tolist()}, ideal {lo.tolist()} and value {value} must be finite")
+    if not np.all(lo < ref):
+        raise ValueError(f"the ideal point {lo.tolist()} must be below the reference point {ref.tolist()} "
+                         f"in every objective (else the normalising box is empty)")
+    return float(value / np.prod(ref - lo))

@@ -6,9 +6,25 @@ import math
 import pathlib
 from typing import Sequence
 
-__all__ = ["write_report", "print_front", "front_rows", "front_markdown"]
+import numpy as np
+
+__all__ = ["write_report", "print_front", "front_rows", "front_markdown", "plane_front", "dominated_front_points",
+           "short_label", "axis_label", "plane_figure", "hypervolume_figure", "normalized_hypervolume"]
 
 _BASELINE_MARKERS = {"Transformer++": "s", "StripedMamba": "^", "LFM2-like": "D"}
+
+# What each quantity is, as an axis says it (all are minimised: "lower is better" is added).
+_AXIS_NAMES = {
+    "error": "test error = 1 - accuracy",
+    "mad_error": "MAD error = 1 - MAD score",
+    "task_loss": "test loss",
+    "perplexity": "test perplexity",
+    "params": "parameters",
+    "cache_bytes": "inference cache bytes per sequence at L={cache_seq_len}",
+    "latency": "decode latency (ms)",
+}
+_LABEL_CHARS = 32   # a plot label longer than this is summarised by class counts (when shorter)
+_MAX_LABELS = 12    # front points labelled per plot (evenly spread when the front is longer)
 
 
 def _fmt(value) -> str:
@@ -60,7 +76,8 @@ def front_markdown(records: Sequence[dict], objectives: Sequence[str]) -> str:
 
 
 def print_front(result, console=None) -> None:
-    """Prints an ``EvolveResult``'s Pareto front (and its baselines) as a rich table.
+    """Prints an ``EvolveResult``'s Pareto front (and its baselines) as a rich table, genome
+    strings included (``star-jax describe GENOME`` or ``Genome.from_string`` take them back).
 
     Arguments:
         result: the ``EvolveResult``.
@@ -77,34 +94,317 @@ def print_front(result, console=None) -> None:
     header, rows = front_rows(result.front_records, objectives)
     table = Table(title=f"Pareto front ({len(rows)} of {len(result.archive)} evaluated genomes, "
                         f"{result.generations_done} generations)")
-    for h in header[:-1]:
-        table.add_column(h, justify="left" if h == "architecture" else "right")
+    for h in header:
+        if h == "genome":
+            table.add_column(h, justify="left", overflow="fold")
+        else:
+            table.add_column(h, justify="left" if h == "architecture" else "right")
     for row in rows:
-        table.add_row(*row[:-1])
+        table.add_row(*row)
     if result.baselines:
-        header_b, rows_b = front_rows(result.baselines, objectives)
-        for r, row in zip(result.baselines, rows_b):
-            table.add_row("base", f"[dim]{row[1]}[/dim]", *row[2:-1])
+        _, rows_b = front_rows(result.baselines, objectives)
+        for row in rows_b:
+            table.add_row("base", f"[dim]{row[1]}[/dim]", *row[2:-1], f"[dim]{row[-1]}[/dim]")
     console.print(table)
+    hv = normalized_hypervolume(result)
+    if hv is not None:
+        values, _, reference, ideal = hv
+        console.print(f"hypervolume {values[-1]:.4f} (normalised: the fraction of the box from the ideal point "
+                      f"{_point_text(objectives, ideal)} to the reference point {_point_text(objectives, reference)})",
+                      highlight=False)
 
 
-def _points(records, objective: str, x_key: str):
-    xs, ys = [], []
-    for r in records:
-        x, y = r.get(x_key), r["objectives"].get(objective)
-        if x is not None and y is not None:
-            xs.append(float(x))
-            ys.append(float(y))
-    return xs, ys
+# ------------------------------------------------------------------------------------ plot data
+def _feasible(record: dict) -> bool:
+    v = record.get("violation")
+    return v is not None and v <= 0
+
+
+def _xy(record: dict, y_key: str, x_key: str):
+    """(x, y) of a record in a plane, or None when either is missing or not finite."""
+    y = record["objectives"].get(y_key) if y_key in record.get("objectives", {}) else record.get(y_key)
+    x = record["objectives"].get(x_key) if x_key in record.get("objectives", {}) else record.get(x_key)
+    if x is None or y is None:
+        return None
+    x, y = float(x), float(y)
+    return (x, y) if math.isfinite(x) and math.isfinite(y) else None
+
+
+def plane_front(records: Sequence[dict], y_key: str, x_key: str) -> list[dict]:
+    """The Pareto front of one plane: the feasible records with finite ``x_key`` and ``y_key``
+    that no other such record beats in both (both minimised), sorted by ``x_key``.
+
+    This is the front a plot of ``y_key`` against ``x_key`` shows, which differs from the run's
+    front when the run minimised other objectives (a genome on the error/cache front can be
+    dominated in the error/params plane).
+
+    Arguments:
+        records: evaluation records (values are read from ``record["objectives"]``, else from the
+            record itself, e.g. ``params`` and ``cache_bytes``).
+        y_key: the quantity on the y axis, e.g. ``"error"``.
+        x_key: the quantity on the x axis, e.g. ``"params"``.
+
+    Returns:
+        The front's records, by increasing ``x_key`` (records with equal values all kept).
+    """
+    kept = [(r, xy) for r in records if _feasible(r) and (xy := _xy(r, y_key, x_key)) is not None]
+    if not kept:
+        return []
+    pts = np.array([xy for _, xy in kept], dtype=np.float64)  # [n, 2]: x, y
+    le = (pts[:, None, :] <= pts[None, :, :]).all(-1)          # [i, j]: i no worse than j in both
+    lt = (pts[:, None, :] < pts[None, :, :]).any(-1)
+    dominated = (le & lt).any(axis=0)
+    order = np.lexsort((pts[:, 1], pts[:, 0]))
+    return [kept[i][0] for i in order if not dominated[i]]
+
+
+def dominated_front_points(baseline: dict, front: Sequence[dict], y_key: str, x_key: str) -> list[int]:
+    """Indices of the plane-front records a baseline dominates in that plane.
+
+    Arguments:
+        baseline: the baseline's evaluation record.
+        front: the plane's front (``plane_front``).
+        y_key, x_key: the plane.
+
+    Returns:
+        The indices into ``front`` (empty when the baseline has no finite point there).
+    """
+    b = _xy(baseline, y_key, x_key)
+    if b is None:
+        return []
+    out = []
+    for i, r in enumerate(front):
+        f = _xy(r, y_key, x_key)
+        if f is not None and b[0] <= f[0] and b[1] <= f[1] and (b[0] < f[0] or b[1] < f[1]):
+            out.append(i)
+    return out
+
+
+def short_label(short: str) -> str:
+    """A plot-sized name of a backbone from ``Genome.short()`` (``"SA-1 > GMemless > ..."``).
+
+    A repeated pattern becomes ``"SA-1/GMemless x4"``; otherwise runs of one class collapse
+    (``"SA-1 x2/GMemless/Rec-1"``); a name still longer than 32 characters becomes class counts
+    when that is shorter (``"3 SA-1, 3 GMemless, 2 Rec-1"``, most frequent first). ``*`` marks
+    a LIV that shares weights or features, as in ``Genome.short()``.
+
+    Arguments:
+        short: the ``short`` field of an evaluation record.
+
+    Returns:
+        The label.
+    """
+    names = [t.strip() for t in short.split(">") if t.strip()]
+    n = len(names)
+    if n == 0:
+        return short
+    for period in range(1, n):
+        if n % period == 0 and names == names[:period] * (n // period):
+            return f"{'/'.join(names[:period])} x{n // period}"
+    runs: list[list] = []
+    for name in names:
+        if runs and runs[-1][0] == name:
+            runs[-1][1] += 1
+        else:
+            runs.append([name, 1])
+    label = "/".join(name if k == 1 else f"{name} x{k}" for name, k in runs)
+    if len(label) <= _LABEL_CHARS:
+        return label
+    counts: dict[str, int] = {}
+    for name in names:
+        counts[name] = counts.get(name, 0) + 1
+    by_count = sorted(counts.items(), key=lambda item: (-item[1], names.index(item[0])))
+    summary = ", ".join(f"{k} {name}" for name, k in by_count)
+    return summary if len(summary) < len(label) else label
+
+
+def _label(record: dict) -> str:
+    return short_label(record.get("short") or record.get("genome", "?"))
+
+
+def axis_label(name: str, result=None, log: bool = False) -> str:
+    """What an axis shows, in words, and which way is better."""
+    if name in _AXIS_NAMES:
+        text = _AXIS_NAMES[name].format(cache_seq_len=getattr(getattr(result, "config", None), "cache_seq_len", "?"))
+    else:
+        try:
+            from star_jax.evolve.objectives import get_objective
+
+            description = get_objective(name).description
+        except KeyError:
+            description = ""
+        text = f"{name}: {description}" if description else name
+    return f"{text} (lower is better{', log scale' if log else ''})"
+
+
+def normalized_hypervolume(result):
+    """The run's hypervolume per generation as a fraction of the box from the ideal point to the
+    reference point (see ``hypervolume.normalize_hypervolume``).
+
+    The reference point is the run's (``EvolveResult.reference_point``); the ideal point is the
+    minimum of each objective over the feasible evaluated genomes with finite objectives, the
+    points the hypervolume counts, so every value lies in [0, 1].
+
+    Arguments:
+        result: an ``EvolveResult``.
+
+    Returns:
+        ``(archive values, population values, reference, ideal)``, or None when the run has no
+        reference point or no feasible finite genome.
+    """
+    from star_jax.evolve.hypervolume import normalize_hypervolume
+
+    ref = result.reference_point
+    if ref is None:
+        return None
+    objectives = result.config.objectives
+    rows = []
+    for r in result.archive.values():
+        if _feasible(r):
+            vals = [r["objectives"].get(k) for k in objectives]
+            if all(v is not None and math.isfinite(float(v)) for v in vals):
+                rows.append([float(v) for v in vals])
+    if not rows:
+        return None
+    ideal = tuple(float(v) for v in np.min(np.asarray(rows), axis=0))
+    if not all(lo < hi for lo, hi in zip(ideal, ref)):
+        return None  # a reference point no genome beats: every hypervolume is 0
+    norm = [normalize_hypervolume(float(v), ref, ideal) for v in result.hypervolume]
+    pop = [normalize_hypervolume(float(v), ref, ideal) for v in result.population_hypervolume]
+    return norm, pop, tuple(float(v) for v in ref), ideal
+
+
+def _point_text(objectives: Sequence[str], point: Sequence[float]) -> str:
+    return "(" + ", ".join(f"{k} {_fmt(float(v))}" for k, v in zip(objectives, point)) + ")"
+
+
+# ------------------------------------------------------------------------------------ figures
+def _spread(n: int, k: int) -> list[int]:
+    """``k`` indices spread evenly over ``range(n)`` (all when ``n <= k``), ends included."""
+    if n <= k:
+        return list(range(n))
+    return sorted({round(i * (n - 1) / (k - 1)) for i in range(k)})
+
+
+def plane_figure(result, x_key: str, y_key: str | None = None):
+    """One plane of a run: every evaluated genome faded, the plane's own Pareto front
+    highlighted and labelled with short architecture names, the baselines marked and, where one
+    dominates a front point, annotated and linked to the points it dominates.
+
+    Arguments:
+        result: an ``EvolveResult``.
+        x_key: the x quantity (``"params"``, ``"cache_bytes"``, or an objective name).
+        y_key: the y quantity (default: the run's first objective).
+
+    Returns:
+        The matplotlib ``Figure`` (the caller saves and closes it).
+    """
+    import matplotlib.pyplot as plt
+    import matplotlib.ticker
+
+    y_key = y_key or result.config.objectives[0]
+    records = list(result.archive.values())
+    points = [xy for r in records if (xy := _xy(r, y_key, x_key)) is not None]
+    front = plane_front(records, y_key, x_key)
+    fxy = [_xy(r, y_key, x_key) for r in front]
+    fig, ax = plt.subplots(figsize=(7.2, 5.4), dpi=100)
+    if points:
+        ax.scatter([p[0] for p in points], [p[1] for p in points], s=16, alpha=0.25, color="tab:gray",
+                   label=f"evaluated ({len(points)})")
+    if fxy:
+        ax.scatter([p[0] for p in fxy], [p[1] for p in fxy], s=42, color="tab:red", zorder=3,
+                   label=f"Pareto front in this plane ({len(front)})")
+        if len(fxy) > 1:  # the staircase the front dominates
+            ax.step([p[0] for p in fxy], [p[1] for p in fxy], where="post", color="tab:red", alpha=0.6, lw=1)
+        labelled = _spread(len(front), _MAX_LABELS)
+        for k, i in enumerate(labelled):  # right half of the front: text to the left of its point
+            left = 2 * k >= len(labelled) and len(labelled) > 1
+            ax.annotate(_label(front[i]), fxy[i], xytext=(-6 if left else 6, 6 if k % 2 == 0 else -11),
+                        textcoords="offset points", ha="right" if left else "left", fontsize=7, color="darkred",
+                        zorder=5)
+    run_front = {r["hash"] for r in result.front_records} - {r["hash"] for r in front}
+    others = [xy for r in records if r["hash"] in run_front and (xy := _xy(r, y_key, x_key)) is not None]
+    if others:
+        ax.scatter([p[0] for p in others], [p[1] for p in others], s=42, facecolors="none", edgecolors="tab:red",
+                   zorder=3, label=f"on the run's front ({', '.join(result.config.objectives)}) only")
+    all_x = [p[0] for p in points]
+    for r in result.baselines:
+        b = _xy(r, y_key, x_key)
+        if b is None:
+            continue
+        all_x.append(b[0])
+        dominated = dominated_front_points(r, front, y_key, x_key)
+        ax.scatter([b[0]], [b[1]], s=80, marker=_BASELINE_MARKERS.get(r["baseline"], "*"), zorder=4,
+                   edgecolors="black", label=f"baseline: {r['baseline']}")
+        if dominated:
+            ax.annotate(f"{r['baseline']} dominates {len(dominated)} front point{'s' if len(dominated) > 1 else ''}",
+                        b, xytext=(8, -14), textcoords="offset points", fontsize=7, fontweight="bold", zorder=6,
+                        bbox={"boxstyle": "round,pad=0.2", "facecolor": "white", "alpha": 0.8, "lw": 0})
+            for i in dominated:
+                ax.plot([b[0], fxy[i][0]], [b[1], fxy[i][1]], color="black", lw=0.8, ls=":", zorder=2)
+            ax.scatter([fxy[i][0] for i in dominated], [fxy[i][1] for i in dominated], s=110, facecolors="none",
+                       edgecolors="black", lw=1.2, zorder=4)
+    log_x = bool(all_x) and min(all_x) > 0 and max(all_x) / min(all_x) > 20
+    if log_x:
+        ax.set_xscale("log")
+        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())  # decades only: no overlap
+    ax.set_xlabel(axis_label(x_key, result, log_x))
+    ax.set_ylabel(axis_label(y_key, result))
+    ax.set_title(f"{y_key} vs {x_key}: the Pareto front of this plane\n"
+                 f"{len(records)} genomes, {result.generations_done} generations; better is down and left",
+                 fontsize=10)
+    ax.legend(fontsize=7, loc="best")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return fig
+
+
+def hypervolume_figure(result):
+    """The hypervolume per generation, normalised to [0, 1] (``normalized_hypervolume``), with
+    the reference and ideal points stated; integer generation ticks.
+
+    Arguments:
+        result: an ``EvolveResult``.
+
+    Returns:
+        The matplotlib ``Figure`` (the caller saves and closes it).
+    """
+    import matplotlib.pyplot as plt
+    import matplotlib.ticker
+
+    fig, ax = plt.subplots(figsize=(7.2, 4.4), dpi=100)
+    objectives = result.config.objectives
+    gens = list(range(len(result.hypervolume)))
+    hv = normalized_hypervolume(result)
+    if hv is not None:
+        archive, population, ref, ideal = hv
+        ax.plot(gens, archive, marker="o", label="front of all genomes evaluated so far")
+        ax.plot(gens, population, marker=".", alpha=0.7, label="current population")
+        low = min(archive + population)
+        ax.set_ylim(max(0.0, low - (1.0 - low)), 1.0)  # within [0, 1], zoomed on the values
+        ax.set_ylabel("normalised hypervolume (higher is better)")
+        ax.set_title(f"hypervolume as a fraction of the box from the ideal point\n{_point_text(objectives, ideal)} "
+                     f"to the reference point {_point_text(objectives, ref)}", fontsize=9)
+    else:
+        ax.plot(gens, result.hypervolume, marker="o", label="front of all genomes evaluated so far")
+        ax.set_ylabel("hypervolume (no reference point yet)")
+        ax.set_title("hypervolume", fontsize=9)
+    ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
+    ax.set_xlim(-0.5, max(len(gens) - 0.5, 0.5))
+    ax.set_xlabel("generation")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return fig
 
 
 def write_report(run_dir) -> list[pathlib.Path]:
     """Writes PNG plots and a markdown summary of a run into ``run_dir/plots``.
 
-    Plots: the first objective (quality) against cache bytes and against parameters, with every
-    evaluated genome faded, the run's Pareto front highlighted (the front of the run's own
-    objectives) and the baselines marked; the hypervolume per generation. Summary:
-    ``front.md`` with the front table and the baselines.
+    Plots: the first objective (quality) against parameters and against cache bytes, each with
+    its own plane's Pareto front (``plane_figure``); the normalised hypervolume per generation
+    (``hypervolume_figure``). Summary: ``front.md`` with the run's front table (genome strings
+    included), the baselines and the hypervolume with its reference and ideal points.
 
     Arguments:
         run_dir: the run directory (it needs at least one checkpoint).
@@ -116,7 +416,6 @@ def write_report(run_dir) -> list[pathlib.Path]:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    import matplotlib.ticker  # noqa: F401  (used as matplotlib.ticker)
 
     from star_jax.evolve.loop import load_run
 
@@ -124,60 +423,34 @@ def write_report(run_dir) -> list[pathlib.Path]:
     out_dir = pathlib.Path(result.run_dir) / "plots"
     out_dir.mkdir(parents=True, exist_ok=True)
     quality = result.config.objectives[0]
-    records = list(result.archive.values())
-    front_hashes = {r["hash"] for r in result.front_records}
     written = []
-    for x_key, label in (("cache_bytes", f"cache bytes at L={result.config.cache_seq_len}"),
-                         ("params", "parameters")):
-        fig, ax = plt.subplots(figsize=(6.4, 4.8), dpi=100)
-        xs, ys = _points(records, quality, x_key)
-        ax.scatter(xs, ys, s=18, alpha=0.25, color="tab:gray", label="evaluated")
-        front = [r for r in records if r["hash"] in front_hashes]
-        fx, fy = _points(front, quality, x_key)
-        order = sorted(range(len(fx)), key=lambda i: (fx[i], fy[i]))
-        ax.scatter(fx, fy, s=40, color="tab:red", zorder=3, label="Pareto front")
-        if x_key in result.config.objectives and len(order) > 1:
-            ax.plot([fx[i] for i in order], [fy[i] for i in order], color="tab:red", alpha=0.6, lw=1)
-        for r in result.baselines:
-            bx, by = _points([r], quality, x_key)
-            if bx:
-                ax.scatter(bx, by, s=70, marker=_BASELINE_MARKERS.get(r["baseline"], "*"), zorder=4,
-                           edgecolors="black", label=r["baseline"])
-        if xs and min(xs) > 0 and max(xs) / min(xs) > 20:
-            ax.set_xscale("log")
-            ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())  # decades only: no overlap
-        ax.set_xlabel(label)
-        ax.set_ylabel(quality)
-        ax.set_title(f"{quality} vs {x_key} ({len(records)} genomes)")
-        ax.legend(fontsize=8)
-        ax.grid(alpha=0.3)
+    for x_key in ("params", "cache_bytes"):
+        fig = plane_figure(result, x_key, quality)
         path = out_dir / f"front_{quality}_vs_{x_key}.png"
-        fig.tight_layout()
         fig.savefig(path)
         plt.close(fig)
         written.append(path)
-    fig, ax = plt.subplots(figsize=(6.4, 4.0), dpi=100)
-    gens = list(range(len(result.hypervolume)))
-    ax.plot(gens, result.hypervolume, marker="o", label="archive front")
-    ax.plot(gens, result.population_hypervolume, marker=".", alpha=0.7, label="population")
-    ax.set_xlabel("generation")
-    ax.set_ylabel("hypervolume")
-    ref = result.reference_point
-    ax.set_title("hypervolume" + (f" (reference {', '.join(_fmt(x) for x in ref)})" if ref else ""))
-    ax.legend(fontsize=8)
-    ax.grid(alpha=0.3)
+    fig = hypervolume_figure(result)
     path = out_dir / "hypervolume.png"
-    fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
     written.append(path)
+    objectives = result.config.objectives
     text = [f"# Evolution run: {result.generations_done} of {result.config.generations + 1} generations, "
-            f"{len(records)} genomes evaluated\n",
-            f"Objectives (minimised): {', '.join(result.config.objectives)}\n",
-            "## Pareto front\n", front_markdown(result.front_records, result.config.objectives)]
+            f"{len(result.archive)} genomes evaluated\n",
+            f"Objectives (all minimised): {', '.join(axis_label(k, result) for k in objectives)}\n",
+            "## Pareto front\n", front_markdown(result.front_records, objectives)]
     if result.baselines:
-        text += ["\n## Baselines\n", front_markdown(result.baselines, result.config.objectives)]
-    text += ["\n## Hypervolume per generation\n",
+        text += ["\n## Baselines\n", front_markdown(result.baselines, objectives)]
+    hv = normalized_hypervolume(result)
+    text.append("\n## Hypervolume per generation\n")
+    if hv is not None:
+        archive, _, ref, ideal = hv
+        text += [f"Normalised to [0, 1]: the fraction of the box from the ideal point {_point_text(objectives, ideal)} "
+                 f"(each objective's minimum over the feasible evaluated genomes) to the reference point "
+                 f"{_point_text(objectives, ref)}.\n",
+                 ", ".join(f"{v:.4f}" for v in archive) + "\n"]
+    text += [f"Raw (objective units{', no reference point yet' if hv is None else ''}):\n",
              ", ".join(_fmt(float(v)) for v in result.hypervolume) + "\n"]
     path = out_dir / "front.md"
     path.write_text("\n".join(text), encoding="utf-8")

@@ -70,8 +70,10 @@ def test_archive_trains_every_genome_once(tmp_path):
     # the population holds genomes evaluated in earlier generations, served from the archive
     assert any(r["generation"] < 4 for r in result.population_records)
     rec = records[0]
-    for key in ("genome", "hash", "generation", "params", "cache_bytes", "test_accuracy", "objectives", "violation"):
+    for key in ("genome", "hash", "generation", "params", "cache_bytes", "test_accuracy", "objectives", "violation",
+                "failure"):
         assert key in rec
+    assert "error" not in rec and rec["failure"] is None  # objectives["error"] is the only "error"
     assert rec["objectives"]["error"] == pytest.approx(1.0 - rec["test_accuracy"])
     # the archive front is never worse than before: its hypervolume cannot drop
     assert np.all(np.diff(result.hypervolume) >= 0)
@@ -260,3 +262,90 @@ def test_soak_killed_at_random_moments_ends_as_an_uninterrupted_run(tmp_path):
     hashes = [json.loads(x)["hash"] for x in (run / "evaluations.jsonl").read_text().splitlines()]
     assert len(hashes) == len(set(hashes))
     assert len([p for p in (run / "checkpoints").iterdir() if p.name.isdigit()]) <= 3
+
+
+def test_extending_a_finished_run_ends_as_a_longer_run(tmp_path):
+    run = tmp_path / "run"
+    evolve(tiny(generations=2), run, progress=False, evaluator=CountingEvaluator())
+    assert load_run(run).finished
+    ev = CountingEvaluator()
+    extended = evolve(tiny(generations=3), run, progress=False, evaluator=ev)
+    assert ev.calls == 1  # only the new generation was trained
+    assert extended.finished and extended.generations_done == 4 and extended.config.generations == 3
+    evolve(tiny(generations=3), tmp_path / "straight", progress=False, evaluator=CountingEvaluator())
+    _assert_same_run(run, tmp_path / "straight")
+    assert (run / "config.json").read_text() == (tmp_path / "straight" / "config.json").read_text()
+    (ext,) = [json.loads(x) for x in (run / "extensions.jsonl").read_text().splitlines()]
+    assert (ext["from_generations"], ext["to_generations"], ext["seed"]) == (2, 3, 3)
+    with pytest.raises(RunConfigMismatch, match="extended .* but not shortened"):
+        evolve(tiny(generations=2), run, progress=False, evaluator=CountingEvaluator())
+    with pytest.raises(RunConfigMismatch, match="pop_size"):  # another change with it: still a mismatch
+        evolve(tiny(generations=5, pop_size=8), run, progress=False, evaluator=CountingEvaluator())
+    assert load_run(run).config.generations == 3
+
+
+def test_bad_seed_genomes_name_the_field_before_anything_is_written(tmp_path):
+    four = "1.1.1.1.1-9.1.1.1.1-1.1.1.1.1-9.1.1.1.1"
+    with pytest.raises(ConfigFieldError, match=r"EvolveConfig\.seed_genomes\[1\] = '1\.1\.1' is not a valid genome"):
+        tiny(seed_genomes=[four, "1.1.1"])
+    with pytest.raises(ConfigFieldError, match=r"EvolveConfig\.seed_genomes\[0\] .* has 2 LIVs; .* n_liv = 4"):
+        EvolveConfig.from_dict({**tiny().to_dict(), "seed_genomes": ["1.1.1.1.1-9.1.1.1.1"]})
+    assert not (tmp_path / "run").exists()
+    result = evolve(tiny(seed_genomes=[four], generations=0), tmp_path / "run", progress=False,
+                    evaluator=CountingEvaluator())
+    assert result.archive[next(iter(result.archive))]["genome"] == four
+
+
+def test_old_records_with_a_top_level_error_field_are_read(tmp_path):
+    """Runs written before ``error`` (a failure message) was renamed ``failure`` still load, resume
+    and rebuild, with the field renamed."""
+    from star_jax.evolve.loop import record_failure
+
+    run, straight = tmp_path / "run", tmp_path / "straight"
+    evolve(tiny(generations=1), run, progress=False, evaluator=CountingEvaluator())
+
+    def old_style(r):
+        return {("error" if k == "failure" else k): v for k, v in r.items()}
+
+    from star_jax.io import RunDir
+
+    manager = RunDir(run).checkpoint_manager(keep=3)
+    arrays, meta, step = manager.restore()
+    meta = dict(meta, archive=[old_style(r) for r in meta["archive"]])
+    manager.save(step, arrays, meta=meta)
+    manager.close()
+    lines = [json.loads(x) for x in (run / "evaluations.jsonl").read_text().splitlines()]
+    old_text = "".join(json.dumps(old_style(r)) + "\n" for r in lines)
+    (run / "evaluations.jsonl").write_text(old_text)
+    assert '"error": null' in old_text and '"failure"' not in old_text
+
+    loaded = load_run(run)
+    assert all("failure" in r and "error" not in r for r in loaded.archive.values())
+    assert list(loaded.archive) == [r["hash"] for r in lines]
+    assert record_failure({"error": "GenomeError: bad", "objectives": {"error": None}}) == "GenomeError: bad"
+    assert record_failure({"failure": None, "objectives": {"error": 0.5}}) is None
+    # resumed and extended, it ends as a run written with the new name from the start
+    extended = evolve(tiny(generations=2), run, progress=False, evaluator=CountingEvaluator())
+    want = evolve(tiny(generations=2), straight, progress=False, evaluator=CountingEvaluator())
+    assert extended.archive == want.archive and extended.front_records == want.front_records
+    # no readable checkpoint: the run is rebuilt from the old-style records alone
+    (run / "evaluations.jsonl").write_text(old_text)
+    for f in (run / "checkpoints").rglob("*"):
+        if f.is_file() and f.stat().st_size > 0:
+            f.write_bytes(b"garbage")
+    ev = CountingEvaluator()
+    with pytest.warns(RuntimeWarning, match="rebuilding the run"):
+        rebuilt = evolve(tiny(generations=2), run, progress=False, evaluator=ev)
+    assert rebuilt.archive == want.archive
+    assert set(ev.trained) == {h for h, r in want.archive.items() if r["generation"] == 2}
+
+
+def test_each_generation_line_has_an_eta(tmp_path, capsys):
+    evolve(tiny(generations=2), tmp_path / "run", progress=True, evaluator=CountingEvaluator())
+    import re
+
+    lines = [x for x in capsys.readouterr().err.splitlines() if re.match(r"generation \d+/\d+: ", x)]
+    assert len(lines) == 3, lines
+    assert lines[0].startswith("generation 0/2: ") and "ETA 0:00:0" in lines[0]
+    assert lines[0].endswith("for 2 more generations") and lines[1].endswith("for 1 more generation")
+    assert lines[2].startswith("generation 2/2: ") and lines[2].endswith(", done")

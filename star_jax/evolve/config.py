@@ -12,7 +12,12 @@ from star_jax.evolve.objectives import Constraint, get_objective
 from star_jax.model.config import ModelConfig
 from star_jax.train.config import TrainConfig
 
-__all__ = ["EvolveConfig", "ConfigFieldError", "STRATEGIES", "quick"]
+__all__ = ["EvolveConfig", "ConfigFieldError", "STRATEGIES", "PRESETS", "quick", "preset", "commented_config"]
+
+COMMENT_PREFIX = "_"
+"""Keys that start with ``_`` are comments in a config file (JSON has no comment syntax): the
+loader drops them at the top level and inside ``model``, ``train`` and ``task``. No field name
+starts with ``_``, so prefixing a field with ``_`` also switches it off (it takes its default)."""
 
 STRATEGIES = ("auto", "static", "data", "sequential")
 """Population-engine strategies (see ``star_jax.population.train_population``); "auto" picks
@@ -145,12 +150,27 @@ class EvolveConfig:
         if not isinstance(self.seed_genomes, (list, tuple)) or not all(isinstance(s, str) for s in self.seed_genomes):
             fail("seed_genomes", "a list of genome texts")
         object.__setattr__(self, "seed_genomes", tuple(self.seed_genomes))
+        self._check_seed_genomes()
         if self.reference_point is not None:
             ref = self.reference_point
             if (not isinstance(ref, (list, tuple)) or len(ref) != len(objectives)
                     or not all(_is_real(x) and math.isfinite(x) for x in ref)):
                 fail("reference_point", f"null or {len(objectives)} finite numbers (one per objective)")
             object.__setattr__(self, "reference_point", tuple(float(x) for x in ref))
+
+    def _check_seed_genomes(self) -> None:
+        """Each seed genome parses, is valid and has ``n_liv`` LIVs (checked before a run writes anything)."""
+        from star_jax.genome import Genome, GenomeError
+
+        for i, text in enumerate(self.seed_genomes):
+            where = f"EvolveConfig.seed_genomes[{i}] = {text!r}"
+            try:
+                g = Genome.from_string(text).validate()
+            except GenomeError as e:
+                raise ConfigFieldError(f"{where} is not a valid genome: {e}") from None
+            if len(g) != self.n_liv:
+                raise ConfigFieldError(f"{where} has {len(g)} LIVs; this run's backbones have "
+                                       f"n_liv = {self.n_liv}")
 
     # ------------------------------------------------------------------ derived objects
     def constraint_objects(self) -> tuple[Constraint, ...]:
@@ -225,6 +245,8 @@ class EvolveConfig:
 
         Arguments:
             data: field name -> value; ``model`` and ``train`` are dicts of their config fields.
+                Keys starting with ``_`` (comments, see ``commented_config``) are ignored, at
+                the top level and inside ``model``, ``train`` and ``task``.
 
         Returns:
             The validated config.
@@ -234,6 +256,10 @@ class EvolveConfig:
         """
         if not isinstance(data, Mapping):
             raise ConfigFieldError(f"an evolution config must be a JSON object, got {type(data).__name__}")
+        data = _drop_comments(data)
+        for name in ("model", "train", "task"):
+            if isinstance(data.get(name), Mapping):
+                data[name] = _drop_comments(data[name])
         unknown = sorted(set(data) - set(cls.field_names()))
         if unknown:
             raise ConfigFieldError(f"unknown EvolveConfig field(s) {unknown}; valid fields: {list(cls.field_names())}")
@@ -335,3 +361,125 @@ def quick(**changes: Any) -> EvolveConfig:
         The quick config.
     """
     return EvolveConfig.quick(**changes)
+
+
+def _drop_comments(data: Mapping[str, Any]) -> dict[str, Any]:
+    """A copy of ``data`` without its comment keys (strings starting with ``COMMENT_PREFIX``)."""
+    return {k: v for k, v in data.items() if not (isinstance(k, str) and k.startswith(COMMENT_PREFIX))}
+
+
+# ---------------------------------------------------------------------- presets and templates
+def _study() -> EvolveConfig:
+    base = EvolveConfig.quick()
+    return base.replace(n_liv=8, generations=4, strategy="sequential", task={**base.task, "seed": 0},
+                        train={**base.train.to_dict(), "steps": 200})
+
+
+PRESETS = {
+    "quick": ("the quick default run of `star-jax evolve` (minutes on a laptop CPU)", EvolveConfig.quick),
+    "study": ("the CPU-scale study of experiments/configs/cpu_recall_cache.json: 8-LIV backbones, "
+              "population 8, 4 offspring generations, 200 steps per candidate (measured 26-35 min on 2 shared CPU cores "
+              "with earlier code)",
+              _study),
+}
+"""Preset name -> (description, factory) for ``star-jax init-config --preset``."""
+
+
+def preset(name: str) -> EvolveConfig:
+    """A preset config by name (see ``PRESETS``).
+
+    Arguments:
+        name: "quick" or "study".
+
+    Returns:
+        The config.
+
+    Raises:
+        ConfigFieldError: unknown preset name.
+    """
+    if name not in PRESETS:
+        raise ConfigFieldError(f"unknown preset {name!r}; presets: {', '.join(PRESETS)}")
+    return PRESETS[name][1]()
+
+
+def _field_docs(cls: type) -> dict[str, str]:
+    """Field name -> one-line description, parsed from the ``Fields:``/``Attributes:`` sections of
+    the docstrings of ``cls`` and its bases (a subclass's text wins unless it defers with "see")."""
+    docs: dict[str, str] = {}
+    for klass in reversed(cls.__mro__):
+        item_indent, names, in_section = None, [], False
+        for line in (klass.__doc__ or "").splitlines():
+            stripped, indent = line.strip(), len(line) - len(line.lstrip())
+            if stripped.startswith(("Fields", "Attributes")) and stripped.endswith(":"):
+                item_indent, names, in_section = None, [], True
+                continue
+            if not in_section:
+                continue
+            if not stripped or (item_indent is not None and indent < item_indent):
+                in_section = False  # a blank or less indented line ends the section
+                continue
+            item_indent = indent if item_indent is None else item_indent
+            if indent == item_indent:
+                head, _, text = stripped.partition(":")
+                names = [n.strip() for n in head.split(",")]
+                if not _ or not all(n.isidentifier() for n in names):
+                    names = []
+                    continue
+                for n in names:  # "num_train, seed: see `TaskConfig`" keeps the base's text
+                    if not (text.strip().startswith("see ") and n in docs):
+                        docs[n] = text.strip()
+            else:
+                for n in names:
+                    docs[n] = f"{docs[n]} {stripped}"
+    return docs
+
+
+def _commented(values: Mapping[str, Any], docs: Mapping[str, str], about: list[str] | None = None) -> dict[str, Any]:
+    """``values`` with ``"_<field>": doc`` before each documented field (and ``"_about"`` first)."""
+    out: dict[str, Any] = {}
+    if about:
+        out[COMMENT_PREFIX + "about"] = about
+    for name, value in values.items():
+        if docs.get(name):
+            out[COMMENT_PREFIX + name] = docs[name].replace("``", "")
+        out[name] = value
+    return out
+
+
+def commented_config(config: EvolveConfig | str = "quick") -> dict[str, Any]:
+    """A config as a JSON-ready dict with a comment before every field.
+
+    JSON has no comments, so a comment is a key starting with ``_`` (``"_pop_size": "NSGA-II
+    population size ..."`` before ``"pop_size": 8``); ``from_dict``/``from_file`` ignore such keys,
+    so the file loads unchanged, and editing a value needs no other change.
+
+    Arguments:
+        config: a config, or a preset name (see ``PRESETS``).
+
+    Returns:
+        The dict (``EvolveConfig.from_dict`` of it equals ``config``).
+    """
+    from star_jax import tasks
+    from star_jax.model.config import ModelConfig
+    from star_jax.train.config import TrainConfig
+
+    name = config if isinstance(config, str) else None
+    if name is not None:
+        config = preset(name)
+    about = [f"star-jax evolution config" + (f", preset {name!r}: {PRESETS[name][0]}." if name else "."),
+             "Keys starting with '_' are comments (JSON has none) and are ignored; a field left out "
+             "takes its default; help(star_jax.EvolveConfig) documents every field.",
+             "Run: star-jax evolve --config THIS_FILE --run-dir runs/NAME. Rerun the same command to "
+             "resume; add --generations N (N larger than the recorded one) to extend a finished run."]
+    data = config.to_dict()
+    try:
+        task_docs = _field_docs(tasks.config_class(config.task["name"]))
+    except KeyError:
+        task_docs = {}
+    task_docs = {**task_docs, "name": f"registered task name, one of {list(tasks.task_names())}"}
+    data["model"] = _commented(data["model"], _field_docs(ModelConfig))
+    data["train"] = _commented(data["train"], _field_docs(TrainConfig))
+    data["task"] = _commented(data["task"], task_docs)
+    top_docs = _field_docs(EvolveConfig)
+    top_docs["strategy"] = top_docs.get("strategy", "").replace("one of ``STRATEGIES``", f"one of {list(STRATEGIES)}")
+    return _commented(data, top_docs, about)

@@ -41,10 +41,12 @@ from star_jax.genome import Genome, GenomeError, baselines, flat_operators, rand
 from star_jax.io.jsonutil import finite_or_none
 
 __all__ = ["EvolveResult", "evolve", "load_run", "train_candidates", "baseline_genomes", "pareto_front",
-           "RUN_FORMAT"]
+           "record_failure", "RUN_FORMAT"]
 
 RUN_FORMAT = "star_jax.evolve_run/1"
 BASELINES_FILE = "baselines.jsonl"
+EXTENSIONS_FILE = "extensions.jsonl"
+"""One line per extension of a finished run by more generations (see ``evolve``)."""
 
 Evaluator = Callable[..., list]
 """``evaluator(genomes, config, task, *, on_candidate=None) -> [metrics dict per genome]`` with the
@@ -171,14 +173,37 @@ def _size_metrics(genome: Genome, config: EvolveConfig) -> tuple[dict, str | Non
         return {"params": None, "cache_bytes": None}, f"{type(e).__name__}: {e}"
 
 
+def record_failure(record: dict) -> str | None:
+    """Why an evaluation record's genome could not be built or evaluated (None: it was).
+
+    The top-level field is ``failure``; records written before it was renamed call it
+    ``error`` (not to be confused with ``objectives["error"]``, 1 - accuracy), and both are read.
+
+    Arguments:
+        record: an evaluation record.
+
+    Returns:
+        The failure message, or None.
+    """
+    return record.get("failure", record.get("error") if isinstance(record.get("error"), str) else None)
+
+
+def _upgrade_record(record: dict) -> dict:
+    """A record with the current field names: an old top-level ``error`` (a failure message or
+    null) becomes ``failure``, in the same place."""
+    if not isinstance(record, dict) or "failure" in record or "error" not in record:
+        return record
+    return {("failure" if k == "error" else k): v for k, v in record.items()}
+
+
 def _finish_record(record: dict, config: EvolveConfig) -> dict:
     """Adds objectives and the total constraint violation (None stands for non-finite)."""
     objectives = {}
     for name in config.objectives:
-        value = get_objective(name)(record) if record.get("error") is None else math.nan
+        value = get_objective(name)(record) if record.get("failure") is None else math.nan
         objectives[name] = finite_or_none(value)
     violation = 0.0
-    if record.get("error") is not None:
+    if record.get("failure") is not None:
         violation = math.inf
     else:
         for c in config.constraint_objects():
@@ -201,7 +226,7 @@ def _evaluate(genomes: Sequence[Genome], config: EvolveConfig, task, generation:
     records = []
     for g, size, err in zip(genomes, sizes, errors):
         record = {"hash": g.content_hash(), "genome": g.to_string(), "short": g.short(),
-                  "generation": int(generation), **size, "error": err}
+                  "generation": int(generation), **size, "failure": err}
         m = next(metrics) if err is None else {}
         for key in ("train_loss", "test_loss", "test_accuracy", "diverged", "steps_run"):
             record[key] = finite_or_none(m.get(key))
@@ -297,12 +322,7 @@ def baseline_genomes(n_liv: int) -> dict[str, Genome]:
 
 def _initial_population(config: EvolveConfig) -> np.ndarray:
     """[pop_size, 5 * n_liv] seeds and baselines first, then random genomes."""
-    genomes = []
-    for text in config.seed_genomes:
-        g = Genome.from_string(text).validate()
-        if len(g) != config.n_liv:
-            raise GenomeError(f"seed genome {text!r} has {len(g)} LIVs; this run's backbones have {config.n_liv}")
-        genomes.append(g)
+    genomes = [Genome.from_string(text) for text in config.seed_genomes]  # checked by EvolveConfig
     if config.seed_baselines:
         genomes += list(baseline_genomes(config.n_liv).values())
     genomes = genomes[: config.pop_size]
@@ -357,10 +377,10 @@ def _recorded(rd) -> dict[str, dict]:
 
     for r in read_jsonl(baselines_path) if baselines_path.exists() else []:
         if isinstance(r, dict) and "hash" in r:
-            out[r["hash"]] = r
+            out[r["hash"]] = _upgrade_record(r)
     for r in rd.read_evaluations():
         if isinstance(r, dict) and "hash" in r:
-            out[r["hash"]] = r
+            out[r["hash"]] = _upgrade_record(r)
     return out
 
 
@@ -382,10 +402,10 @@ def _restore(rd, strategy: NSGA2, config: EvolveConfig):
 
         raise CheckpointError(f"checkpoint step {step} in {manager.directory} is not an evolution run state")
     state = state_from_dict(arrays["nsga2"], meta["nsga2"])
-    archive = {r["hash"]: r for r in meta["archive"]}
+    archive = {r["hash"]: _upgrade_record(r) for r in meta["archive"]}
     ref = meta["reference_point"]
     return (int(step), state, archive, list(meta["hypervolume"]), list(meta["population_hypervolume"]),
-            None if ref is None else tuple(ref), list(meta["baselines"]))
+            None if ref is None else tuple(ref), [_upgrade_record(r) for r in meta["baselines"]])
 
 
 def load_run(run_dir) -> EvolveResult:
@@ -416,9 +436,74 @@ def load_run(run_dir) -> EvolveResult:
     return _result(config, rd, *restored)
 
 
+def _extend(rd, config: EvolveConfig) -> bool:
+    """Extends the run in ``rd`` to ``config.generations`` when its recorded config differs from
+    ``config`` only by fewer generations: records the extension in ``extensions.jsonl`` and
+    rewrites ``config.json`` (in that order; a kill between the two repeats nothing).
+
+    Returns:
+        Whether the run was extended.
+
+    Raises:
+        RunConfigMismatch: only ``generations`` differs and it is smaller than the recorded one.
+    """
+    import datetime
+    import json
+
+    from star_jax.io import RunConfigMismatch
+    from star_jax.io.jsonutil import append_jsonl, read_jsonl, to_jsonable, write_json_atomic
+    from star_jax.io.rundir import config_diff
+
+    if not rd.exists():
+        return False
+    old = rd.read_config()
+    new = json.loads(json.dumps(to_jsonable(config.to_dict())))
+    diff = config_diff(old, new)
+    if len(diff) != 1 or not diff[0].startswith("generations:") or not _is_count(old.get("generations")):
+        return False
+    before = old["generations"]
+    if config.generations < before:
+        raise RunConfigMismatch(
+            f"run directory {rd.path} was started with generations = {before}; a run can be extended "
+            f"(a larger value) but not shortened. load_run reads it as it is; to stop earlier, start a "
+            f"fresh run with another --run-dir")
+    path = rd.path / EXTENSIONS_FILE
+    done = [r for r in (read_jsonl(path) if path.exists() else []) if isinstance(r, dict)]
+    if not (done and done[-1].get("from_generations") == before
+            and done[-1].get("to_generations") == config.generations):
+        append_jsonl(path, {"from_generations": before, "to_generations": config.generations,
+                            "seed": config.seed,
+                            "time": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")})
+    write_json_atomic(rd.config_path, new)
+    return True
+
+
+def _is_count(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v >= 0
+
+
+def _clock(seconds: float) -> str:
+    """Seconds as H:MM:SS."""
+    seconds = max(0, int(round(seconds)))
+    return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
+
+
+def _eta(gen_seconds: dict[int, float], left: int) -> str:
+    """The time the ``left`` next generations should take, from this process's generations so far:
+    the mean of its offspring generations (generation 0 also trains the baselines and compiles
+    most programs), or generation 0's time when it is the only one."""
+    if left <= 0:
+        return "done"
+    offspring = [t for g, t in gen_seconds.items() if g > 0]
+    per_gen = sum(offspring) / len(offspring) if offspring else gen_seconds[0]
+    return f"ETA {_clock(left * per_gen)} for {left} more generation{'s' if left > 1 else ''}"
+
+
 # ---------------------------------------------------------------------------------- the loop
 class _Display:
-    """Rich progress: generation bar (with ETA) and candidate bar; a no-op when disabled."""
+    """Rich progress on stderr: generation bar (with ETA) and candidate bar, and one line per finished
+    generation (with the ETA of the rest: the bars are not drawn where stderr is not a terminal);
+    a no-op when disabled."""
 
     def __init__(self, enabled: bool, total_generations: int, done: int):
         self.progress = None
@@ -450,7 +535,7 @@ class _Display:
     def end_generation(self, message: str) -> None:
         if self.progress:
             self.progress.advance(self.gen_task)
-            self.progress.console.print(message)
+            self.progress.console.print(message, soft_wrap=True, highlight=False, markup=False)
 
     def stop(self) -> None:
         if self.progress:
@@ -470,8 +555,18 @@ def evolve(config: EvolveConfig, run_dir, *, progress: bool = True, evaluator: E
     Records (``evaluations.jsonl``, one per new genome) hold ``hash``, ``genome``, ``short``,
     ``generation``, ``params``, ``cache_bytes``, the training metrics (``train_loss``,
     ``test_loss``, ``test_accuracy``, ``diverged``, ``steps_run``; ``loss``/``accuracy`` as the
-    objectives read them; non-finite values stored as null), ``error`` (why a genome could not
-    be built, else null), ``objectives`` (name -> value, null = worst) and ``violation``.
+    objectives read them; non-finite values stored as null), ``failure`` (why a genome could not
+    be built, else null; records of older runs call it ``error`` and are read with it renamed,
+    see ``record_failure``), ``objectives`` (name -> value, null = worst; ``objectives["error"]``
+    is 1 - accuracy) and ``violation``.
+
+    Extending a run: a config that differs from the run's recorded one only by a larger
+    ``generations`` continues it (finished or not) to that many generations, e.g.
+    ``evolve(load_run(run_dir).config.replace(generations=30), run_dir)`` or
+    ``star-jax evolve --run-dir RUN --generations 30``. The NSGA-II state, with its random
+    generator, is restored from the last checkpoint, so the run draws the same seed stream and
+    ends exactly as a run started with that many generations; ``config.json`` is updated and
+    ``extensions.jsonl`` records each extension (from, to, seed, time).
 
     Hypervolume is computed in raw objective units w.r.t. a reference point fixed for the run
     (``config.reference_point``, or derived once from generation 0 as nadir + 10% of the range
@@ -490,7 +585,8 @@ def evolve(config: EvolveConfig, run_dir, *, progress: bool = True, evaluator: E
         The ``EvolveResult``.
 
     Raises:
-        RunConfigMismatch: ``run_dir`` holds a run started with a different config.
+        RunConfigMismatch: ``run_dir`` holds a run started with a different config (other than
+            a larger ``generations``, which extends it).
 
     For users who evaluate candidates themselves, ``NSGA2`` is the ask/tell interface::
 
@@ -514,6 +610,8 @@ def evolve(config: EvolveConfig, run_dir, *, progress: bool = True, evaluator: E
     task = config.make_task()
     rd = RunDir(run_dir)
     with rd.lock():  # one writer per run directory
+        if resume:
+            _extend(rd, config)
         rd.init(config.to_dict(), resume=resume)
         strategy = _make_strategy(config)
         replay: dict[str, dict] = {}  # hash -> recorded record, when rebuilding from the records
@@ -547,6 +645,7 @@ def evolve(config: EvolveConfig, run_dir, *, progress: bool = True, evaluator: E
         logger = MetricLogger(rd, purge_step=start)
         display = _Display(progress, total, start)
         manager = rd.checkpoint_manager(keep=3)
+        gen_seconds: dict[int, float] = {}
         try:
             for gen in range(start, total):
                 t0 = time.perf_counter()
@@ -601,8 +700,10 @@ def evolve(config: EvolveConfig, run_dir, *, progress: bool = True, evaluator: E
                     "archive": list(archive.values()), "hypervolume": hv, "population_hypervolume": pop_hv,
                     "reference_point": None if ref is None else list(ref), "baselines": baseline_records})
                 best = ", ".join(f"{k} {v:.4g}" for k, v in metrics.items() if k.startswith("best/"))
-                display.end_generation(f"generation {gen}: {len(new)} new, front {len(front)}, "
-                                       f"hypervolume {hv[-1]:.4g}, {best}, {seconds:.1f}s")
+                gen_seconds[gen] = time.perf_counter() - t0
+                display.end_generation(f"generation {gen}/{total - 1}: {len(new)} new, front {len(front)}, "
+                                       f"hypervolume {hv[-1]:.4g}, {best}, {gen_seconds[gen]:.1f}s, "
+                                       f"{_eta(gen_seconds, total - gen - 1)}")
         finally:
             display.stop()
             logger.close()

@@ -1,5 +1,6 @@
-"""The `star-jax` command: evolve (resumable runs), train one genome, describe a genome, report a run.
-User errors (bad genome, unknown task, bad config, config mismatch) print one line and exit with 2."""
+"""The `star-jax` command: evolve (resumable, extensible runs), write a study config, train one genome,
+describe a genome, report a run. User errors (bad genome, unknown task, bad config, config
+mismatch) print one line and exit with 2; any other exception is a bug and keeps its traceback."""
 from __future__ import annotations
 
 import argparse
@@ -58,18 +59,34 @@ def _task_args(pairs) -> dict:
 
 
 # ---------------------------------------------------------------------------------- commands
-def cmd_evolve(args) -> int:
-    from star_jax.evolve import EvolveConfig, evolve, write_report
+def _evolve_config(args, run_dir: str):
+    """The run's config: ``--config``, else the one recorded in an existing ``run_dir``, else the
+    quick run; then the command-line overrides (validated before anything is written)."""
+    from star_jax.evolve import EvolveConfig
+    from star_jax.io import RunDir
 
-    config = EvolveConfig.from_file(args.config) if args.config else EvolveConfig.quick()
-    changes = {}
-    if args.generations is not None:
-        changes["generations"] = args.generations
-    if args.seed is not None:
-        changes["seed"] = args.seed
-    if changes:
-        config = config.replace(**changes)
+    if args.config:
+        config = EvolveConfig.from_file(args.config)
+    elif RunDir(run_dir).exists():
+        config = EvolveConfig.from_dict(RunDir(run_dir).read_config())  # resume or extend it
+    else:
+        config = EvolveConfig.quick()
+    changes = {k: v for k, v in (("generations", args.generations), ("pop_size", args.pop_size),
+                                 ("seed", args.seed)) if v is not None}
+    if args.steps is not None:
+        train = config.train.to_dict()
+        train["steps"] = args.steps
+        if isinstance(args.steps, int) and args.steps >= 0:
+            train["warmup_steps"] = min(train["warmup_steps"], args.steps)
+        changes["train"] = train
+    return config.replace(**changes) if changes else config
+
+
+def cmd_evolve(args) -> int:
+    from star_jax.evolve import evolve, write_report
+
     run_dir = args.run_dir or os.path.join("runs", "quick" if not args.config else pathlib.Path(args.config).stem)
+    config = _evolve_config(args, run_dir)
     setup_compilation_cache()
     result = evolve(config, run_dir, progress=not args.no_progress)
     if args.no_progress:
@@ -82,13 +99,31 @@ def cmd_evolve(args) -> int:
     return 0
 
 
+def cmd_init_config(args) -> int:
+    from star_jax.evolve.config import commented_config
+
+    text = json.dumps(commented_config(args.preset), indent=2) + "\n"
+    if not args.out:
+        sys.stdout.write(text)
+        return 0
+    out = pathlib.Path(args.out)
+    if out.exists() and not args.force:
+        raise CliError(f"{out} exists; pass --force to overwrite it, or another --out")
+    out.write_text(text, encoding="utf-8")
+    print(f"wrote {out} (preset {args.preset}); run it with: star-jax evolve --config {out}", file=sys.stderr)
+    return 0
+
+
 def cmd_train(args) -> int:
     from star_jax import tasks
     from star_jax.model import ModelConfig
     from star_jax.train import TrainConfig, train
 
     genome = _genome(args.genome)
-    task = tasks.make(args.task, **_task_args(args.task_arg))
+    try:
+        task = tasks.make(args.task, **_task_args(args.task_arg))
+    except KeyError as e:  # an unknown task name
+        raise CliError(_one_line(e)) from None
     head_dim = args.head_dim or min(16, args.width)
     cfg = ModelConfig(width=args.width, vocab_size=task.vocab_size, max_len=task.seq_len, head_dim=head_dim)
     train_changes = {k: v for k, v in (("steps", args.steps), ("batch_size", args.batch_size), ("lr", args.lr),
@@ -96,7 +131,10 @@ def cmd_train(args) -> int:
     base = TrainConfig()
     if "steps" in train_changes:
         train_changes.setdefault("warmup_steps", min(base.warmup_steps, train_changes["steps"]))
-    train_cfg = base.replace(**train_changes)
+    try:
+        train_cfg = base.replace(**train_changes)
+    except ValueError as e:  # TrainConfig rejects a value given on the command line
+        raise CliError(str(e)) from None
     setup_compilation_cache()
     result = train(genome, cfg, task, train_cfg, progress=not args.no_progress)
     print(genome.short())
@@ -111,6 +149,8 @@ def cmd_describe(args) -> int:
     from star_jax.model import ModelConfig
 
     genome = _genome(args.genome)
+    if args.cache_seq_len < 1:
+        raise CliError(f"--cache-seq-len: seq_len must be an integer >= 1, got {args.cache_seq_len}")
     head_dim = args.head_dim or min(16, args.width)
     cfg = ModelConfig(width=args.width, vocab_size=args.vocab, max_len=args.seq_len, head_dim=head_dim)
     print(genome.describe())
@@ -142,11 +182,22 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("evolve", help="run or resume an evolution (no arguments: a quick default run)")
     p.add_argument("--config", help="evolution config JSON (default: the quick built-in run)")
     p.add_argument("--run-dir", help="run directory (default: runs/quick, or runs/<config name>); "
-                                     "re-running resumes it")
-    p.add_argument("--generations", type=int, help="override the number of offspring generations")
+                                     "re-running resumes it (without --config, with the config it records)")
+    p.add_argument("--generations", type=int, help="override the number of offspring generations; on an "
+                                                   "existing run, a larger value extends it")
+    p.add_argument("--pop-size", type=int, help="override the population size")
+    p.add_argument("--steps", type=int, help="override the training steps per candidate (warm-up is capped "
+                                             "at it)")
     p.add_argument("--seed", type=int, help="override the evolution seed")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_evolve)
+
+    p = sub.add_parser("init-config", help="write a commented evolution config to edit and pass to evolve --config")
+    p.add_argument("--preset", choices=("quick", "study"), default="quick",
+                   help="quick: the default run (minutes); study: the CPU-scale study of the README")
+    p.add_argument("--out", help="file to write (default: print to stdout)")
+    p.add_argument("--force", action="store_true", help="overwrite --out if it exists")
+    p.set_defaults(func=cmd_init_config)
 
     p = sub.add_parser("train", help="train one genome on a task and print its metrics")
     p.add_argument("genome", help="genome text, e.g. 1.1.1.1.1-9.1.1.1.1")
@@ -195,11 +246,14 @@ def main(argv=None) -> int:
     from star_jax.genome import GenomeError
     from star_jax.io import CheckpointError, RunDirError
     from star_jax.model import ConfigError
+    from star_jax.tasks import TaskConfigError
 
     args = build_parser().parse_args(argv)
     warnings.showwarning = _show_warning
-    user_errors = (CliError, GenomeError, ConfigFieldError, ConfigError, RunDirError, CheckpointError,
-                   KeyError, ValueError, FileNotFoundError, PermissionError, IsADirectoryError,
+    # the project's user-facing errors, and the OS errors of files a command reads or writes;
+    # anything else (a KeyError, a ValueError from deep inside) is a bug: its traceback is shown
+    user_errors = (CliError, GenomeError, ConfigFieldError, ConfigError, TaskConfigError, RunDirError,
+                   CheckpointError, FileNotFoundError, PermissionError, IsADirectoryError,
                    NotADirectoryError, FileExistsError)
     try:
         return int(args.func(args) or 0)

@@ -107,3 +107,87 @@ def test_an_unwritable_plots_directory_is_a_one_line_error(tmp_path):
     assert out.returncode == 2, out.stderr
     assert "plots" in out.stderr and "check its permissions" in out.stderr
     assert len(out.stderr.strip().splitlines()) == 1
+
+
+def test_init_config_writes_a_commented_config_that_loads_unchanged(tmp_path):
+    from star_jax.evolve.config import preset
+
+    out = star_jax("init-config", "--preset", "study")
+    assert out.returncode == 0, out.stderr
+    data = json.loads(out.stdout)
+    assert data["_pop_size"].startswith("NSGA-II population size") and "_about" in data
+    assert data["model"]["_width"] and data["train"]["_steps"] and data["task"]["_seq_len"]
+    assert EvolveConfig.from_dict(data) == preset("study")
+    # the study preset is the README's CPU-scale study
+    assert preset("study") == EvolveConfig.from_file(REPO / "experiments" / "configs" / "cpu_recall_cache.json")
+
+    path = tmp_path / "study.json"
+    out = star_jax("init-config", "--out", str(path))
+    assert out.returncode == 0, out.stderr
+    assert EvolveConfig.from_file(path) == EvolveConfig.quick()
+    out = star_jax("init-config", "--out", str(path))
+    assert out.returncode == 2 and "exists; pass --force" in out.stderr
+
+
+def _cli_main(monkeypatch, *argv):
+    """Runs ``star-jax`` in this process with training replaced by ``_fake_training``."""
+    import warnings
+
+    from star_jax import cli
+    from star_jax.evolve import loop
+
+    monkeypatch.setenv("STAR_JAX_CACHE_DIR", "off")
+    monkeypatch.setattr(warnings, "showwarning", warnings.showwarning)  # main() replaces it
+    monkeypatch.setattr(loop, "train_candidates", _fake_training)
+    return cli.main(list(argv))
+
+
+def test_evolve_loads_the_written_config_with_overrides_and_extends_the_run(tmp_path, monkeypatch, capsys):
+    from star_jax.evolve import load_run
+
+    path, run = tmp_path / "study.json", tmp_path / "run"
+    assert star_jax("init-config", "--out", str(path)).returncode == 0
+    written = path.read_text()
+    assert _cli_main(monkeypatch, "evolve", "--config", str(path), "--run-dir", str(run), "--pop-size", "3",
+                     "--generations", "0", "--steps", "5", "--no-progress") == 0
+    assert path.read_text() == written
+    want = EvolveConfig.quick().to_dict()
+    want.update(pop_size=3, generations=0)
+    want["train"].update(steps=5, warmup_steps=5)  # warm-up capped at the steps
+    assert json.loads((run / "config.json").read_text()) == want
+    assert load_run(run).finished
+
+    # no --config: the run's recorded config; a larger --generations extends it
+    assert _cli_main(monkeypatch, "evolve", "--run-dir", str(run), "--generations", "1", "--no-progress") == 0
+    result = load_run(run)
+    assert result.finished and result.generations_done == 2 and result.config.generations == 1
+    assert result.config.pop_size == 3 and result.config.train.steps == 5
+    assert (run / "extensions.jsonl").exists()
+    assert "run directory:" in capsys.readouterr().out
+
+
+def test_a_bad_seed_genome_names_the_field_and_writes_nothing(tmp_path):
+    config = EvolveConfig.quick().to_dict()
+    config["seed_genomes"] = ["1.1.1.1.1-9.1.1.1.1-1.1.1.1.1-9.1.1.1.1", "1.1.1.1.1-9.1.1"]
+    (tmp_path / "c.json").write_text(json.dumps(config))
+    out = star_jax("evolve", "--config", str(tmp_path / "c.json"), "--run-dir", str(tmp_path / "run"))
+    assert out.returncode == 2, out.stderr
+    assert len(out.stderr.strip().splitlines()) == 1 and "EvolveConfig.seed_genomes[1]" in out.stderr
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("error", [KeyError("a bug"), ValueError("a bug"), TypeError("a bug")])
+def test_a_bug_keeps_its_traceback(monkeypatch, error):
+    """Only the project's user-facing errors become one-line exit 2; a KeyError or ValueError from
+    a bug propagates (its traceback is shown)."""
+    import warnings
+
+    from star_jax import cli
+
+    monkeypatch.setattr(warnings, "showwarning", warnings.showwarning)
+    def broken(args):
+        raise error
+
+    monkeypatch.setattr(cli, "cmd_describe", broken)
+    with pytest.raises(type(error), match="a bug"):
+        cli.main(["describe", "1.1.1.1.1-9.1.1.1.1"])

@@ -378,9 +378,8 @@ def _study() -> EvolveConfig:
 PRESETS = {
     "quick": ("the quick default run of `star-jax evolve` (minutes on a laptop CPU)", EvolveConfig.quick),
     "study": ("the CPU-scale study of experiments/configs/cpu_recall_cache.json: 8-LIV backbones, "
-              "population 8, 4 offspring generations, 200 steps per candidate (measured 26-35 min on 2 shared CPU cores "
-              "with earlier code)",
-              _study),
+              "population 8, 4 offspring generations, 200 steps per candidate (26-35 min on 2 shared "
+              "CPU cores when last measured, with earlier code)", _study),
 }
 """Preset name -> (description, factory) for ``star-jax init-config --preset``."""
 

@@ -40,7 +40,7 @@ def test_train_shows_a_compiling_phase_before_training_on_stderr(task, capfd):
     training = [i for i, line in enumerate(lines) if line == "training ..."]
     assert compiling and training and compiling[0] < training[0], lines
     assert any(re.match(r"compiled \d+ part programs? in [\d.]+s", line) for line in lines), lines
-    assert re.search(r": 4/4 done in [\d.]+s, loss [\d.]+ +test loss [\d.]+ +acc [\d.]+", err), lines
+    assert re.search(r"^train: 4/4 done in [\d.]+s, loss [\d.]+ +test loss [\d.]+ +acc [\d.]+", err, re.M), lines
     # the same genome again: nothing left to compile, so no compiling phase is claimed
     sj.train("7.1.1.1.1-9.1.1.1.1", CFG, task, TRAIN, progress=True)
     again = _lines(capfd.readouterr().err)

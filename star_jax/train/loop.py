@@ -188,7 +188,8 @@ def _drive(cfg: TrainConfig, bar, run_chunk, evaluate):
 
 def _fit(apply_fn, init_fn, task, cfg: TrainConfig, params, progress: bool) -> TrainResult:
     # jit compiles inside the first chunk's call: the bar says so until that chunk returns
-    with progress_bar(f"compiling, then steps 1-{chunk_plan(cfg)[1][0][1]}", cfg.steps, enabled=progress) as bar:
+    with progress_bar(f"compiling, then steps 1-{chunk_plan(cfg)[1][0][1]}", cfg.steps, enabled=progress,
+                      title="train") as bar:
         return _fit_on(apply_fn, init_fn, task, cfg, params, bar)
 
 
@@ -268,7 +269,7 @@ def _fit_parts(program, task, cfg: TrainConfig, params, progress: bool) -> Train
     model = P.PartModel(program, task.seq_len)
     n_new = len({id(p) for p in model.progs if cfg.batch_size not in p.warmed})  # what warm_up compiles
     first = f"compiling {n_new} part program{'s' if n_new != 1 else ''}" if n_new else "training"
-    with progress_bar(first, cfg.steps, enabled=progress) as bar:
+    with progress_bar(first, cfg.steps, enabled=progress, title="train") as bar:
         return _fit_parts_on(model, task, cfg, params, bar, start_time)
 
 

@@ -19,12 +19,14 @@ class Bar:
     it ends. ``update`` moves the bar; ``log`` prints a line above the bars.
     """
 
-    def __init__(self, progress, task_id, description: str, console, interactive: bool, total=None):
+    def __init__(self, progress, task_id, description: str, console, interactive: bool, total=None,
+                 title: str | None = None):
         self._progress = progress
         self._task = task_id
         self._console = console
         self._interactive = interactive
-        self._title = self._description = description
+        self._description = description
+        self._title = title or description
         self._completed = 0
         self._total = total
         self._info = ""
@@ -106,7 +108,7 @@ def _new_display(console):
 
 
 @contextlib.contextmanager
-def progress_bar(description: str, total: float | None = None, *, enabled: bool = True,
+def progress_bar(description: str, total: float | None = None, *, enabled: bool = True, title: str | None = None,
                  console=None) -> Iterator[Bar | _NoBar]:
     """A progress bar on stderr for the duration of a ``with`` block.
 
@@ -119,6 +121,8 @@ def progress_bar(description: str, total: float | None = None, *, enabled: bool 
         description: what the bar counts, e.g. ``"MAD score"`` or ``"compiling ..."``.
         total: the count at completion (None: unknown until ``phase``/``update`` sets it).
         enabled: False gives a bar that does nothing.
+        title: what the closing line (printed where stderr is not a terminal) calls the job
+            (default: ``description``).
         console: a ``rich.console.Console`` (default: one on stderr).
 
     Returns:
@@ -130,7 +134,7 @@ def progress_bar(description: str, total: float | None = None, *, enabled: bool 
     if _SHARED:
         display, interactive, console = _SHARED[-1]
         task_id = display.add_task(description, total=total, info="") if interactive else None
-        bar = Bar(display, task_id, description, console, interactive, total)
+        bar = Bar(display, task_id, description, console, interactive, total, title)
         try:
             yield bar
         finally:
@@ -147,7 +151,7 @@ def progress_bar(description: str, total: float | None = None, *, enabled: bool 
     if interactive:
         display.start()
         task_id = display.add_task(description, total=total, info="")
-    bar = Bar(display, task_id, description, console, interactive, total)
+    bar = Bar(display, task_id, description, console, interactive, total, title)
     _SHARED.append((display, interactive, console))
     try:
         yield bar

@@ -25,6 +25,7 @@ import time
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 
 import study_lib as sl  # noqa: E402
+from star_jax.evolve.loop import record_failure  # noqa: E402
 
 
 def _row(record: dict, objective: str) -> dict:
@@ -49,7 +50,7 @@ def summarize(result, quality_tol: float = 0.0) -> dict:
     config = result.config
     q = config.objectives[0]
     front = list(result.front_records)
-    archive = [r for r in result.archive.values() if r.get("error") is None]
+    archive = [r for r in result.archive.values() if record_failure(r) is None]
     baselines = {r["baseline"]: r for r in result.baselines}
     comparisons = {}
     for name, base in baselines.items():

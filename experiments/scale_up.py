@@ -33,6 +33,7 @@ import numpy as np
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 
 import study_lib as sl  # noqa: E402
+from star_jax.evolve.loop import record_failure  # noqa: E402
 from baselines import matched_baselines, train_baselines  # noqa: E402
 
 RANK_HOLDS_RHO = 0.5
@@ -46,7 +47,7 @@ def select_top(result, k: int, fill: bool = True) -> list[dict]:
     if fill and len(chosen) < k:
         seen = {r["hash"] for r in chosen}
         rest = [r for r in result.archive.values()
-                if r["hash"] not in seen and r.get("error") is None and math.isfinite(sl.quality(r, q))]
+                if r["hash"] not in seen and record_failure(r) is None and math.isfinite(sl.quality(r, q))]
         chosen += sorted(rest, key=lambda r: sl.quality(r, q))[: k - len(chosen)]
     return chosen
 

@@ -80,7 +80,8 @@ def test_cache_formulas_per_family():
     assert one(5) == d * 16                      # Rec-1: d x state expansion
     assert one(6) == d * 2
     assert one(7) == d * 2                       # GConv-1: d x (k - 1)
-    assert one(8) == d * Lq                      # GConv-2: the input history
+    assert one(8) == d * Lq + 3 * d * 2          # GConv-2 (Hyena): the input history + b, c, x short convs
+    assert one(17) == 2 * d * Lq + 5 * d * 2     # GConv-2-Diff: two histories + b1, c1, b2, c2, x short convs
     assert one(9) == 0                           # SwiGLU
 
 
@@ -122,6 +123,42 @@ def test_config_that_cannot_fit_names_the_liv():
         ModelConfig.from_dict({"width": 32, "heads": 4})
     with pytest.raises(sj.GenomeError, match="segment 1"):
         build_model(Genome.from_string("1.1.1.1.1-1.1.2.1.1"), CFG)
+
+
+def test_gated_conv_featurizer_genome_sets_short_convs_and_expansion():
+    # GConv-2 is Hyena: its featurizer genome asks for k=3 short convs on b, c and x; GConv-1 (LFM2)
+    # has none. A user class can turn them off or widen the gated path (expansion), and both the
+    # analytic counts and the decode path follow (checked by _check).
+    from star_jax.genome.classes import FeatureGroup, FeaturizerGenome, get_liv_class
+    prog = compile_genome(Genome.from_string("7.1.1.1.1-8.1.1.1.1-17.1.1.1.1"), CFG)
+    assert [s.featurizer.short_conv for s in prog.slots] == [0, 3, 3]
+    hyena = get_liv_class(8).featurizer
+
+    def variant(fid, **changes):
+        groups = tuple(g if g.name == "filter" else FeatureGroup(g.name, **{"channel_mixing": 2, **changes})
+                       for g in hyena.groups)
+        return FeaturizerGenome(fid, "gated", groups)
+
+    wide = register_liv_class("Hyena-x2", "931.3.1.1.1", variant(931, token_mixing=3, kernel_size=3, expansion=2),
+                              class_id=931, replace=True)
+    try:
+        g = Genome([[931, 1, 1, 1, 1], [9, 1, 1, 1, 1]])
+        (slot, _) = compile_genome(g, CFG).slots
+        assert (slot.featurizer.short_conv, slot.featurizer.expansion, slot.mixer.expansion) == (3, 2, 2)
+        _check(g)
+        d = CFG.width
+        assert sj.cache_bytes(g, CFG, seq_len=L, bytes_per_elem=1) == 2 * d * L + 3 * 2 * d * 2
+    finally:
+        unregister_liv_class(931)
+    bad = FeaturizerGenome(932, "gated", tuple(
+        FeatureGroup(g.name, channel_mixing=2, token_mixing=3, kernel_size=3 if g.name == "x" else 2)
+        if g.name != "filter" else g for g in hyena.groups))
+    register_liv_class("BadHyena", "932.3.1.1.1", bad, class_id=932, replace=True)
+    try:
+        with pytest.raises(ConfigError, match=r"LIV #0 \(BadHyena.*one short-conv kernel"):
+            compile_genome(Genome([[932, 1, 1, 1, 1]]), CFG)
+    finally:
+        unregister_liv_class(932)
 
 
 def test_generate_uses_decode_path():

@@ -215,9 +215,13 @@ def _ssm(fid, *, state, diff=False):
     return FeaturizerGenome(fid, "ssm", tuple(groups), diff)
 
 
-def _gated(fid, *, kernel=0, implicit=False, diff=False):
+def _gated(fid, *, kernel=0, implicit=False, proj_conv=0, expansion=1, diff=False):
+    """Gated convolution featurizer: gates b, c and input x, each optionally short-convolved
+    (`proj_conv` taps: Hyena's short filters), plus the long or short filter itself."""
     gates = ("b1", "c1", "b2", "c2") if diff else ("b", "c")
-    groups = [FeatureGroup(n, channel_mixing=2) for n in gates] + [FeatureGroup("x", channel_mixing=2)]
+    tm = 3 if proj_conv else 1
+    groups = [FeatureGroup(n, token_mixing=tm, kernel_size=proj_conv, channel_mixing=2, expansion=expansion)
+              for n in gates + ("x",)]
     groups.append(FeatureGroup("filter", token_mixing=3, channel_mixing=1, kernel_size=kernel, implicit=implicit,
                                expansion=16 if implicit else 1))
     return FeaturizerGenome(fid, "gated", tuple(groups), diff)
@@ -237,7 +241,8 @@ _BASE_PRESETS = (
     (5, "Rec-1", "5.4.1.1.1", lambda f, d: _ssm(f, state=16, diff=d), "input-varying diagonal recurrence, state x16"),
     (6, "Rec-2", "6.4.1.1.1", lambda f, d: _ssm(f, state=2, diff=d), "input-varying diagonal recurrence, state x2"),
     (7, "GConv-1", "7.3.1.1.1", lambda f, d: _gated(f, kernel=3, diff=d), "gated short conv k=3 (LFM2 block)"),
-    (8, "GConv-2", "8.3.1.1.1", lambda f, d: _gated(f, implicit=True, diff=d), "gated implicit long conv (FFT)"),
+    (8, "GConv-2", "8.3.1.1.1", lambda f, d: _gated(f, implicit=True, proj_conv=3, diff=d),
+     "Hyena: short conv (k=3) on B/C/x, gated implicit long conv (FFT)"),
 )
 
 

@@ -120,12 +120,24 @@ def _gated_conv(i: int, cls: LIVClass, cfg: ModelConfig):
     from star_jax.ops.conv import GatedConvFeaturizer, ShortConvMixer, LongConvMixer
     fz = cls.featurizer
     filt = fz.group("filter")
-    feat = GatedConvFeaturizer(width=cfg.width, differential=fz.differential)
+    # Short convolutions on the projections (Hyena's short filters): one kernel for all groups.
+    kernels = {g.name: (g.kernel_size if g.token_mixing == 3 else 0) for g in fz.groups if g.name != "filter"}
+    if len(set(kernels.values())) > 1:
+        raise ConfigError(f"{_liv_where(i, cls)}: the gated-convolution featurizer runs one short-conv kernel on "
+                          f"all of its projections, but its groups ask for {kernels}; give b, c and x the same "
+                          f"token_mixing and kernel_size")
+    expansions = {g.name: g.expansion for g in fz.groups if g.name != "filter"}
+    if len(set(expansions.values())) > 1:
+        raise ConfigError(f"{_liv_where(i, cls)}: the gated-convolution featurizer multiplies its projections "
+                          f"elementwise, so b, c and x need one expansion, but its groups ask for {expansions}")
+    e = next(iter(expansions.values()))
+    feat = GatedConvFeaturizer(width=cfg.width, short_conv=next(iter(kernels.values())), expansion=e,
+                               differential=fz.differential)
     if filt.implicit:
-        mix = LongConvMixer(width=cfg.width, max_len=cfg.max_len, filter_order=filt.expansion,
+        mix = LongConvMixer(width=cfg.width, max_len=cfg.max_len, filter_order=filt.expansion, expansion=e,
                             differential=fz.differential)
     else:
-        mix = ShortConvMixer(width=cfg.width, kernel_size=filt.kernel_size, differential=fz.differential)
+        mix = ShortConvMixer(width=cfg.width, kernel_size=filt.kernel_size, expansion=e, differential=fz.differential)
     return feat, mix
 
 

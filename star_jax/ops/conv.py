@@ -24,8 +24,6 @@ FILTER_FEATURES = 1 + 2 * FILTER_BANDS  # [t / max_len, sin(2 pi k t / max_len),
 _DECAY_TARGET, _SLOW_PCT, _FAST_PCT = 1e-2, 1.5, 0.3
 
 
-
-
 def _channel(v: jax.Array, like: jax.Array) -> jax.Array:
     """Reshape a per-channel vector [d] to broadcast against `like` [..., d] without rank promotion."""
     return v.astype(like.dtype).reshape((1,) * (like.ndim - 1) + (-1,))
@@ -42,19 +40,46 @@ def short_conv(u: jax.Array, w: jax.Array) -> jax.Array:
     return causal_short_conv(u, w)
 
 
+def _centered(init, shift: float):
+    def f(key, shape, dtype=jnp.float32):
+        return init(key, shape, dtype) - jnp.asarray(shift, dtype)
+
+    return f
+
+
 class GatedConvFeaturizer(nn.Module):
-    """Featurizer of the gated convolutions: (B, C, x) = Linear(h), each [..., width].
+    """Featurizer of the gated convolutions: (B, C, x) = Linear(h), each [..., width], optionally
+    followed by a depthwise causal short convolution on each projection (Hyena's short filters).
 
     Attributes:
       width: model width d.
+      short_conv: kernel of the depthwise causal short conv on each projected group (0 = none).
+        Hyena runs one of length 3 on every input projection before its long convolution and
+        gates; it is what lets the long filter align a key with the value that follows it.
       differential: duplicate the gates (b1, c1, b2, c2; x shared).
 
     Groups: b, c, x (differential b1, c1, b2, c2, x); each a bias-free Linear named by the group,
-    created only when computed.
+    created only when computed, plus `{group}_conv` [short_conv, d] when short_conv > 0
+    (PyTorch Conv1d's default init, U(-1/sqrt(k), 1/sqrt(k)), as Hyena's short filter).
+    State (short_conv > 0): {group: [batch, short_conv - 1, d]} the last inputs, oldest first.
     """
 
     width: int
+    short_conv: int = 0
+    expansion: int = 1
     differential: bool = False
+
+    def __post_init__(self):
+        for name in ("short_conv", "expansion"):
+            v, lo = getattr(self, name), 0 if name == "short_conv" else 1
+            if not isinstance(v, int) or isinstance(v, bool) or v < lo:
+                raise ValueError(f"GatedConvFeaturizer: {name} must be an int >= {lo}, got {v!r}")
+        super().__post_init__()
+
+    @property
+    def inner(self) -> int:
+        """Channels of every feature group: expansion * width."""
+        return self.expansion * self.width
 
     @nn.nowrap
     def groups(self) -> tuple[str, ...]:
@@ -66,47 +91,72 @@ class GatedConvFeaturizer(nn.Module):
         """Groups another gated-conv LIV may reuse: the gates b, c (b1, c1, b2, c2 differential)."""
         return tuple(f"{g}{s}" for s in branch_suffixes(self.differential) for g in ("b", "c"))
 
+    @nn.nowrap
+    def _resolve(self, groups) -> tuple[str, ...]:
+        return resolve_groups(groups, self.groups(), type(self).__name__)
+
     @nn.compact
+    def _weights(self, groups: tuple[str, ...]) -> dict:
+        """Create/fetch {group: (projection Dense, conv [k, d] | None)} for the given groups."""
+        out = {}
+        for g in groups:
+            dense = nn.Dense(self.inner, use_bias=False, kernel_init=nn.initializers.lecun_normal(), name=g)
+            conv = None
+            if self.short_conv > 0:
+                bound = 1.0 / math.sqrt(self.short_conv)
+                init = _centered(nn.initializers.uniform(2 * bound), bound)
+                conv = self.param(f"{g}_conv", init, (self.short_conv, self.inner), jnp.float32)
+            out[g] = (dense, conv)
+        return out
+
     def __call__(self, h: jax.Array, groups: tuple[str, ...] | None = None) -> dict[str, jax.Array]:
         """Compute the requested feature groups.
 
         Arguments:
-          h: [batch, length, width] (or [batch, width] for one token).
+          h: [batch, length, width].
           groups: names to compute; None = all of `groups()`.
         Returns:
           dict group -> array shaped like h.
         """
         chex.assert_axis_dimension(h, -1, self.width)
-        return {
-            g: rows(nn.Dense(self.width, use_bias=False, kernel_init=nn.initializers.lecun_normal(), name=g), h)
-            for g in resolve_groups(groups, self.groups(), type(self).__name__)
-        }
+        feats = {}
+        for g, (dense, conv) in self._weights(self._resolve(groups)).items():
+            x = rows(dense, h)
+            if conv is not None:
+                chex.assert_rank(h, 3)
+                x = causal_short_conv(x, conv.astype(x.dtype))
+            feats[g] = x
+        return feats
 
     def step(self, h_t: jax.Array, state: dict, groups: tuple[str, ...] | None = None):
-        """One token: (features [batch, width], state unchanged) -- the featurizer is memoryless."""
-        return self(h_t, groups), state
+        """One token: (features {group: [batch, width]}, new state)."""
+        chex.assert_rank(h_t, 2)
+        feats, new_state = {}, {}
+        for g, (dense, conv) in self._weights(self._resolve(groups)).items():
+            x = dense(h_t)
+            if conv is not None:
+                x, new_state[g] = causal_short_conv_step(x, state[g], conv.astype(x.dtype))
+            feats[g] = x
+        return feats, new_state
 
     @nn.nowrap
     def init_state(self, batch: int, groups=None, dtype=jnp.float32) -> dict:
-        """The featurizer holds no state: {}."""
-        return {}
+        """Zero decode state: {group: [batch, short_conv - 1, width]}, or {} without a short conv."""
+        if self.short_conv == 0:
+            return {}
+        return {g: jnp.zeros((batch, self.short_conv - 1, self.inner), dtype) for g in self._resolve(groups)}
 
     @nn.nowrap
     def param_count(self, groups=None) -> int:
         """Analytic number of parameters created when computing `groups` (None = all)."""
-        return len(resolve_groups(groups, self.groups(), type(self).__name__)) * self.width * self.width
+        return len(self._resolve(groups)) * self.inner * (self.width + self.short_conv)
 
     @nn.nowrap
     def state_elems(self, groups=None) -> int:
-        """Featurizer state size per sequence: 0."""
-        return 0
-
-
-def _centered(init, shift: float):
-    def f(key, shape, dtype=jnp.float32):
-        return init(key, shape, dtype) - jnp.asarray(shift, dtype)
-
-    return f
+        """Featurizer state per sequence: d * (short_conv - 1) per computed group (0 without)."""
+        if self.short_conv == 0:
+            return 0
+        return len(self._resolve(groups)) * self.inner * (self.short_conv - 1)
 
 
 class ShortConvMixer(nn.Module):
@@ -127,7 +177,13 @@ class ShortConvMixer(nn.Module):
 
     width: int
     kernel_size: int = 3
+    expansion: int = 1
     differential: bool = False
+
+    @property
+    def inner(self) -> int:
+        """Channels of the gated path: expansion * width."""
+        return self.expansion * self.width
 
     def setup(self):
         if self.kernel_size < 1:
@@ -135,7 +191,7 @@ class ShortConvMixer(nn.Module):
         bound = 1.0 / math.sqrt(self.kernel_size)
         init = _centered(nn.initializers.uniform(2 * bound), bound)  # U(-1/sqrt(k), 1/sqrt(k))
         self.convs = [
-            self.param(f"conv{s}", init, (self.kernel_size, self.width), jnp.float32)
+            self.param(f"conv{s}", init, (self.kernel_size, self.inner), jnp.float32)
             for s in branch_suffixes(self.differential)
         ]
         self.out = nn.Dense(self.width, use_bias=False, kernel_init=nn.initializers.lecun_normal())
@@ -183,7 +239,7 @@ class ShortConvMixer(nn.Module):
     def init_state(self, batch: int, max_len: int = 0, dtype=jnp.float32) -> dict:
         """Zero history {"u": [batch, k - 1, d]} ({"u1", "u2"} differential); max_len is unused."""
         return {
-            f"u{s}": jnp.zeros((batch, self.kernel_size - 1, self.width), dtype)
+            f"u{s}": jnp.zeros((batch, self.kernel_size - 1, self.inner), dtype)
             for s in branch_suffixes(self.differential)
         }
 
@@ -191,13 +247,13 @@ class ShortConvMixer(nn.Module):
     def param_count(self) -> int:
         """Analytic parameter count."""
         n = len(branch_suffixes(self.differential))
-        total = n * self.kernel_size * self.width + self.width * self.width
+        total = n * self.kernel_size * self.inner + self.inner * self.width
         return total + (DiffLambda.count(self.width) if self.differential else 0)
 
     @nn.nowrap
     def state_elems(self, seq_len: int = 0) -> int:
         """Decode state per sequence: d * (k - 1) (x2 differential), independent of seq_len."""
-        return len(branch_suffixes(self.differential)) * self.width * (self.kernel_size - 1)
+        return len(branch_suffixes(self.differential)) * self.inner * (self.kernel_size - 1)
 
 
 def filter_features(max_len: int) -> np.ndarray:
@@ -275,7 +331,13 @@ class LongConvMixer(nn.Module):
     width: int
     max_len: int
     filter_order: int = 16
+    expansion: int = 1
     differential: bool = False
+
+    @property
+    def inner(self) -> int:
+        """Channels of the gated path: expansion * width."""
+        return self.expansion * self.width
 
     def setup(self):
         if self.max_len < 1 or self.filter_order < 1:
@@ -283,9 +345,9 @@ class LongConvMixer(nn.Module):
                 f"LongConvMixer: max_len and filter_order must be >= 1, got {self.max_len}, {self.filter_order}"
             )
         sfx = branch_suffixes(self.differential)
-        self.filters = [ImplicitFilter(self.width, self.max_len, self.filter_order, name=f"filter{s}") for s in sfx]
+        self.filters = [ImplicitFilter(self.inner, self.max_len, self.filter_order, name=f"filter{s}") for s in sfx]
         self.skips = [
-            self.param(f"D{s}", nn.initializers.normal(stddev=1.0), (self.width,), jnp.float32) for s in sfx
+            self.param(f"D{s}", nn.initializers.normal(stddev=1.0), (self.inner,), jnp.float32) for s in sfx
         ]
         self.out = nn.Dense(self.width, use_bias=False, kernel_init=nn.initializers.lecun_normal())
         if self.differential:
@@ -354,7 +416,7 @@ class LongConvMixer(nn.Module):
         taps = self.max_len if max_len is None else max_len
         if not 1 <= taps <= self.max_len:
             raise ValueError(f"LongConvMixer.init_state: max_len must be in [1, {self.max_len}], got {taps}")
-        state = {f"u{s}": jnp.zeros((batch, taps, self.width), dtype) for s in branch_suffixes(self.differential)}
+        state = {f"u{s}": jnp.zeros((batch, taps, self.inner), dtype) for s in branch_suffixes(self.differential)}
         state["pos"] = jnp.zeros((), jnp.int32)
         return state
 
@@ -362,13 +424,13 @@ class LongConvMixer(nn.Module):
     def param_count(self) -> int:
         """Analytic parameter count."""
         n = len(branch_suffixes(self.differential))
-        total = n * (ImplicitFilter.count(self.width, self.filter_order) + self.width) + self.width * self.width
+        total = n * (ImplicitFilter.count(self.inner, self.filter_order) + self.inner) + self.inner * self.width
         return total + (DiffLambda.count(self.width) if self.differential else 0)
 
     @nn.nowrap
     def state_elems(self, seq_len: int) -> int:
         """Decode state per sequence after seq_len tokens: d * seq_len (x2 differential)."""
-        return len(branch_suffixes(self.differential)) * self.width * seq_len
+        return len(branch_suffixes(self.differential)) * self.inner * seq_len
 
 
 __all__ = [

@@ -2,39 +2,59 @@
 
 Evolve sequence-model backbones over linear input-varying operators: genomes, a compiler to
 Flax models, MAD tasks, single-candidate and vectorised population training, NSGA-II.
+
+The genome layer loads with the package (it needs only numpy); everything that needs JAX or
+Flax (models, metrics, tasks, training, evolution) is imported on first use of its name, so
+`import star_jax` and `sj.Genome`, `sj.baselines`, `sj.mutate` work in a process without JAX.
 """
+from __future__ import annotations
+
+import importlib
+
 __version__ = "0.1.0"
 
 from star_jax.genome import (
     Genome, GenomeError, Segment, OperatorGenome, FeaturizerGenome, FeatureGroup, LIVClass,
     register_liv_class, liv_classes, get_liv_class, random_genome, mutate, crossover, baselines,
 )
-from star_jax.model import ModelConfig, ConfigError, build_model, StarModel, compile_genome, generate
-from star_jax.metrics import param_count, cache_bytes, cache_elems
+
+# name -> (module, attribute or None for the module itself). `star_jax.train` and
+# `star_jax.evolve` are packages that are also callables (sj.train(...), sj.evolve(...)).
+_LAZY = {
+    "ModelConfig": ("star_jax.model", "ModelConfig"), "ConfigError": ("star_jax.model", "ConfigError"),
+    "build_model": ("star_jax.model", "build_model"), "StarModel": ("star_jax.model", "StarModel"),
+    "compile_genome": ("star_jax.model", "compile_genome"), "generate": ("star_jax.model", "generate"),
+    "param_count": ("star_jax.metrics", "param_count"), "cache_bytes": ("star_jax.metrics", "cache_bytes"),
+    "cache_elems": ("star_jax.metrics", "cache_elems"),
+    "tasks": ("star_jax.tasks", None), "mad": ("star_jax.train.mad", None),
+    "TrainConfig": ("star_jax.train", "TrainConfig"), "TrainResult": ("star_jax.train", "TrainResult"),
+    "train": ("star_jax.train", None),
+    "train_population": ("star_jax.population", "train_population"),
+    "PopulationResult": ("star_jax.population", "PopulationResult"),
+    "evolve": ("star_jax.evolve", None), "EvolveConfig": ("star_jax.evolve", "EvolveConfig"),
+    "EvolveResult": ("star_jax.evolve", "EvolveResult"),
+    "enable_compilation_cache": ("star_jax.compile_cache", "enable_compilation_cache"),
+}
 
 __all__ = [
     "Genome", "GenomeError", "Segment", "OperatorGenome", "FeaturizerGenome", "FeatureGroup", "LIVClass",
     "register_liv_class", "liv_classes", "get_liv_class", "random_genome", "mutate", "crossover", "baselines",
-    "ModelConfig", "ConfigError", "build_model", "StarModel", "compile_genome", "generate",
-    "param_count", "cache_bytes", "cache_elems",
+    *_LAZY,
 ]
 
-# Data and training. `star_jax.train` and `star_jax.evolve` are packages whose main functions
-# share their names; the top level exposes the functions (sj.train(...), sj.evolve(...)), after
-# the packages' submodules are loaded, so `import star_jax.train.mad` keeps working.
-from star_jax import tasks
-from star_jax.train import mad
-from star_jax.train import TrainConfig, TrainResult
-from star_jax import train  # a callable package: sj.train(genome, cfg, task, ...)
 
-__all__ += ["tasks", "mad", "TrainConfig", "TrainResult", "train"]
-from star_jax.population import train_population, PopulationResult
+def __getattr__(name: str):
+    try:
+        module_name, attr = _LAZY[name]
+    except KeyError:
+        raise AttributeError(f"module 'star_jax' has no attribute {name!r}") from None
+    module = importlib.import_module(module_name)
+    if module_name == "star_jax.train":  # load the package's submodules the callable relies on
+        importlib.import_module("star_jax.train.mad")
+    value = module if attr is None else getattr(module, attr)
+    globals()[name] = value
+    return value
 
-__all__ += ["train_population", "PopulationResult"]
-from star_jax import evolve  # a callable package: sj.evolve(config, run_dir)
-from star_jax.evolve import EvolveConfig, EvolveResult
 
-__all__ += ["evolve", "EvolveConfig", "EvolveResult"]
-from star_jax.compile_cache import enable_compilation_cache
-
-__all__ += ["enable_compilation_cache"]
+def __dir__():
+    return sorted(set(globals()) | set(_LAZY))

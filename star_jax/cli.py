@@ -170,6 +170,28 @@ def cmd_report(args) -> int:
     return 0
 
 
+def cmd_reevaluate(args) -> int:
+    from star_jax.evolve.reevaluate import reevaluate
+
+    if not (pathlib.Path(args.run_dir) / "config.json").exists():
+        raise CliError(f"{args.run_dir} is not a run directory (no config.json)")
+    if args.seeds < 2:
+        raise CliError(f"--seeds must be >= 2 (one seed resolves nothing), got {args.seeds}")
+    setup_compilation_cache()
+    out = reevaluate(args.run_dir, seeds=args.seeds, progress=True)
+    names = {s.genome: s.name for s in out.summaries}
+    print(f"{out.objective} over seeds {list(out.seeds)} (mean +- sd):")
+    for s in out.summaries:
+        print(f"  {s.kind:<8} {s.name:<40} {s.mean:.4f} +- {s.sd:.4f}  (search: "
+              f"{'-' if s.search_value is None else f'{s.search_value:.4f}'})  {s.genome}")
+    print(f"front vs baselines ({out.interval}):")
+    for c in out.comparisons:
+        print(f"  {names.get(c.genome, c.genome):<40} vs {c.baseline:<14} {c.mean:+.4f} "
+              f"[{c.low:+.4f}, {c.high:+.4f}]  {c.verdict}")
+    print(pathlib.Path(args.run_dir) / "reevaluation.md")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``star-jax``.
 
@@ -224,6 +246,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("report", help="write PNG plots and a summary of a run directory")
     p.add_argument("run_dir")
     p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser("reevaluate", help="retrain a run's front and baselines over K training seeds and "
+                                          "compare them with paired intervals")
+    p.add_argument("run_dir")
+    p.add_argument("--seeds", type=int, default=5, help="number of fresh training seeds (default 5)")
+    p.set_defaults(func=cmd_reevaluate)
     return parser
 
 

@@ -246,3 +246,20 @@ def test_flat_operators_roundtrip():
     x, y = cx(a, random_genome(4, 1).to_array(), np.random.default_rng(0), 2)
     Genome.from_array(x).validate()
     Genome.from_array(rep(np.zeros(20, dtype=int))).validate()
+
+
+def test_genomes_load_without_jax():
+    # The genome layer (and the package's top level) needs no JAX or Flax: a genome can be
+    # handled in a process without them, and the rest loads on first use of its name.
+    import subprocess
+    import sys
+
+    code = ("import sys, star_jax as sj\n"
+            "g = sj.Genome.from_string('1.1.1.1.1-9.1.1.1.1')\n"
+            "sj.mutate(g, rng=0); sj.baselines.lfm2_like(); sj.liv_classes(); g.describe()\n"
+            "heavy = sorted(m for m in ('jax', 'flax', 'optax', 'orbax') if m in sys.modules)\n"
+            "assert not heavy, heavy\n"
+            "assert callable(sj.train) and callable(sj.evolve) and sj.TrainConfig().steps > 0\n"
+            "assert 'jax' in sys.modules\n")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr[-2000:]

@@ -26,6 +26,7 @@ from star_jax.evolve.config import EvolveConfig
 from star_jax.evolve.latency import measure_decode_latency
 from star_jax.evolve.loop import EvolveResult, evolve, load_run
 from star_jax.evolve.report import write_report
+from star_jax.evolve.reevaluate import Reevaluation, reevaluate
 from star_jax.evolve.objectives import (
     Constraint,
     Objective,
@@ -41,6 +42,8 @@ __all__ = [
     "EvolveResult",
     "evolve",
     "load_run",
+    "reevaluate",
+    "Reevaluation",
     "measure_decode_latency",
     "write_report",
     "NSGA2",

@@ -49,6 +49,11 @@ class EvolveConfig:
             task's, its ``max_len`` the task's sequence length).
         task: ``{"name": registered task name, **task config fields}``.
         train: the ``TrainConfig`` of every candidate (same seed: same init and batches).
+        train_seeds: training seeds per candidate, r >= 1: each candidate (and baseline) is
+            trained with seeds ``train.seed ... train.seed + r - 1`` and scored by the mean of
+            its metrics; the per-seed accuracies and their sd are recorded, and the report flags
+            front genomes whose advantage over a baseline is within the seeds' noise. r > 1
+            costs r trainings per genome and makes selection less prone to keeping lucky seeds.
         n_liv: backbone length (LIVs per genome), fixed during a run.
         pop_size: NSGA-II population size (paper: 16).
         generations: offspring generations after the initial population (paper: 18); a run
@@ -80,6 +85,7 @@ class EvolveConfig:
     model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
     task: Mapping[str, Any] = dataclasses.field(default_factory=lambda: {"name": "in_context_recall"})
     train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
+    train_seeds: int = 1
     n_liv: int = 24
     pop_size: int = 16
     generations: int = 18
@@ -110,8 +116,8 @@ class EvolveConfig:
         if not isinstance(self.task, Mapping) or not isinstance(self.task.get("name"), str):
             fail("task", 'a mapping {"name": task name, **task fields}')
         object.__setattr__(self, "task", dict(self.task))
-        for name, lo in (("n_liv", 1), ("pop_size", 2), ("generations", 0), ("crossover_points", 0),
-                         ("elitism", 0), ("cache_seq_len", 1), ("cache_bytes_per_elem", 1),
+        for name, lo in (("train_seeds", 1), ("n_liv", 1), ("pop_size", 2), ("generations", 0),
+                         ("crossover_points", 0), ("elitism", 0), ("cache_seq_len", 1), ("cache_bytes_per_elem", 1),
                          ("latency_tokens", 1)):
             if not _is_int(getattr(self, name)) or getattr(self, name) < lo:
                 fail(name, f"an integer >= {lo}")

@@ -213,16 +213,50 @@ def _finish_record(record: dict, config: EvolveConfig) -> dict:
     return record
 
 
+_MEAN_KEYS = ("train_loss", "test_loss", "test_accuracy")
+
+
+def _train_over_seeds(genomes: Sequence[Genome], config: EvolveConfig, task, evaluator: Evaluator,
+                      on_candidate=None) -> list[dict]:
+    """Metrics of each genome over ``config.train_seeds`` training seeds (one evaluator call per
+    seed): losses and accuracy averaged, ``diverged`` if any seed diverged, and the per-seed
+    accuracies (``seed_test_accuracy``) with their sd (``test_accuracy_sd``) recorded."""
+    r = config.train_seeds
+    if r == 1:
+        return list(evaluator(genomes, config, task, on_candidate=on_candidate))
+    runs = []
+    for i in range(r):
+        cfg = config.replace(train=config.train.replace(seed=config.train.seed + i))
+        tick = None if on_candidate is None else (lambda k, i=i: on_candidate((i * len(genomes) + k) // r))
+        runs.append(list(evaluator(genomes, cfg, task, on_candidate=tick)))
+    out = []
+    for j in range(len(genomes)):
+        per_seed = [run[j] for run in runs]
+        merged = dict(per_seed[0])
+        for key in _MEAN_KEYS:
+            vals = [m.get(key) for m in per_seed]
+            ok = all(v is not None and math.isfinite(float(v)) for v in vals)
+            merged[key] = float(np.mean([float(v) for v in vals])) if ok else math.nan
+        merged["diverged"] = any(bool(m.get("diverged")) for m in per_seed)
+        accs = [finite_or_none(m.get("test_accuracy")) for m in per_seed]
+        merged["seed_test_accuracy"] = accs
+        finite = [a for a in accs if a is not None]
+        merged["test_accuracy_sd"] = float(np.std(finite, ddof=1)) if len(finite) > 1 else math.nan
+        out.append(merged)
+    return out
+
+
 def _evaluate(genomes: Sequence[Genome], config: EvolveConfig, task, generation: int,
               evaluator: Evaluator, on_candidate=None) -> list[dict]:
-    """Evaluation records of genomes: sizes, one training call, optional latency, objectives."""
+    """Evaluation records of genomes: sizes, training (over ``config.train_seeds`` seeds),
+    optional latency, objectives."""
     sizes, errors = [], []
     for g in genomes:
         s, err = _size_metrics(g, config)
         sizes.append(s)
         errors.append(err)
     trainable = [g for g, e in zip(genomes, errors) if e is None]
-    metrics = iter(evaluator(trainable, config, task, on_candidate=on_candidate) if trainable else [])
+    metrics = iter(_train_over_seeds(trainable, config, task, evaluator, on_candidate) if trainable else [])
     records = []
     for g, size, err in zip(genomes, sizes, errors):
         record = {"hash": g.content_hash(), "genome": g.to_string(), "short": g.short(),
@@ -232,7 +266,7 @@ def _evaluate(genomes: Sequence[Genome], config: EvolveConfig, task, generation:
             record[key] = finite_or_none(m.get(key))
         for key, value in m.items():  # extra keys an evaluator reports (e.g. mad_score)
             if key not in record and key != "params":
-                record[key] = finite_or_none(value)
+                record[key] = [finite_or_none(v) for v in value] if isinstance(value, list) else finite_or_none(value)
         record["loss"] = record["test_loss"]
         record["accuracy"] = None if record.get("diverged") else record["test_accuracy"]
         if config.needs_latency():

@@ -398,6 +398,37 @@ def hypervolume_figure(result):
     return fig
 
 
+def seed_noise_markdown(result) -> str:
+    """Which front genomes' advantages over the baselines are within training-seed noise.
+
+    With ``train_seeds`` > 1 every record holds its per-seed test accuracies (the same seeds for
+    every genome), and each front genome is compared with each baseline on error = 1 - accuracy
+    by paired t intervals, simultaneous at 95% (``star_jax.evolve.reevaluate.compare_over_seeds``).
+    With one seed per genome nothing can be resolved, and the text says how to re-evaluate.
+    """
+    from star_jax.evolve.reevaluate import compare_over_seeds
+
+    def errors(r):
+        accs = r.get("seed_test_accuracy")
+        return None if not isinstance(accs, list) else [None if a is None else 1.0 - a for a in accs]
+
+    front = [(r.get("short") or r["genome"], errors(r)) for r in result.front_records]
+    bases = [(r.get("baseline") or r.get("short"), errors(r)) for r in result.baselines]
+    if not bases:
+        return "No baselines in this run.\n"
+    if any(v is None or len(v) < 2 for _, v in front + bases):
+        return ("One training seed per genome (train_seeds = 1): differences between the front and the "
+                "baselines are not resolved. Run `star-jax reevaluate RUN_DIR --seeds 5` (or set "
+                "train_seeds >= 2) before claiming a front genome is better.\n")
+    rows = compare_over_seeds(front, bases)
+    lines = [f"Error = 1 - accuracy over {len(front[0][1])} training seeds; paired t intervals, simultaneous 95% "
+             "(Bonferroni); negative = the front genome is better.\n",
+             "| front genome | baseline | mean difference | interval | verdict |", "|---|---|---|---|---|"]
+    lines += [f"| {c.genome} | {c.baseline} | {c.mean:+.4f} | [{c.low:+.4f}, {c.high:+.4f}] | "
+              f"{'**' + c.verdict + '**' if c.verdict != 'within noise' else c.verdict} |" for c in rows]
+    return "\n".join(lines) + "\n"
+
+
 def write_report(run_dir) -> list[pathlib.Path]:
     """Writes PNG plots and a markdown summary of a run into ``run_dir/plots``.
 
@@ -442,6 +473,7 @@ def write_report(run_dir) -> list[pathlib.Path]:
             "## Pareto front\n", front_markdown(result.front_records, objectives)]
     if result.baselines:
         text += ["\n## Baselines\n", front_markdown(result.baselines, objectives)]
+    text += ["\n## Front against baselines over training seeds\n", seed_noise_markdown(result)]
     hv = normalized_hypervolume(result)
     text.append("\n## Hypervolume per generation\n")
     if hv is not None:

@@ -1,0 +1,308 @@
+"""Re-evaluation of a finished run over training seeds: do the front's advantages survive?
+
+A search keeps the best of many noisy scores, so the front is biased towards genomes whose one
+training seed was lucky. `reevaluate` retrains every front genome and every baseline with K
+fresh training seeds (the search's own seed excluded: seeds ``train.seed + 1 ... + K``) at the
+run's budget, and compares each front genome with each baseline by the paired differences of
+their quality objective over the same seeds (same initialisation seed and batch order for both).
+
+Intervals: paired t intervals, mean(d) +- t_{1 - a/2, K-1} sd(d) / sqrt(K), with d the per-seed
+difference (front genome minus baseline; the objective is minimised, so negative is better),
+made simultaneous over the m comparisons of a re-evaluation by Bonferroni (a = 0.05 / m), so the
+chance that *any* verdict is a false "better" or "worse" is at most 5%. A front genome is
+"better" than a baseline only when its whole interval is below 0, "worse" when it is above 0,
+and "within noise" otherwise.
+
+Results are appended per (genome, seed) to ``reevaluation.jsonl`` in the run directory, so a
+killed re-evaluation resumes where it stopped; ``reevaluation.md`` and
+``plots/reevaluation.png`` (mean +- sd error bars) are rewritten at the end.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import pathlib
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from star_jax.evolve.config import EvolveConfig
+
+REEVAL_FILE = "reevaluation.jsonl"
+SIZE_OBJECTIVES = ("params", "cache_bytes", "latency_ms")
+
+
+def _t_two_sided(t: float, df: int) -> float:
+    """P(|T| < t) for Student's t with integer ``df`` >= 1 (the finite series of Abramowitz and
+    Stegun 26.7.3-4, exact up to float rounding)."""
+    theta = math.atan(t / math.sqrt(df))
+    c2, s = math.cos(theta) ** 2, math.sin(theta)
+    if df % 2:  # odd: 2/pi (theta + sin cos (1 + 2/3 cos^2 + 2*4/(3*5) cos^4 + ...))
+        term, total = 1.0, 1.0 if df > 1 else 0.0
+        for k in range(1, (df - 1) // 2):
+            term *= c2 * (2 * k) / (2 * k + 1)
+            total += term
+        return 2.0 / math.pi * (theta + (s * math.cos(theta) * total if df > 1 else 0.0))
+    term, total = 1.0, 1.0  # even: sin (1 + 1/2 cos^2 + 1*3/(2*4) cos^4 + ...)
+    for k in range(1, df // 2):
+        term *= c2 * (2 * k - 1) / (2 * k)
+        total += term
+    return s * total
+
+
+def t_quantile(p: float, df: int) -> float:
+    """The ``p`` quantile (0.5 < p < 1) of Student's t with integer ``df`` >= 1, by bisection."""
+    if not 0.5 < p < 1 or not isinstance(df, int) or df < 1:
+        raise ValueError(f"t_quantile: need 0.5 < p < 1 and an integer df >= 1, got p={p}, df={df}")
+    target, lo, hi = 2 * p - 1, 0.0, 1.0
+    while _t_two_sided(hi, df) < target:
+        hi *= 2
+    for _ in range(200):
+        mid = 0.5 * (lo + hi)
+        lo, hi = (mid, hi) if _t_two_sided(mid, df) < target else (lo, mid)
+        if hi - lo < 1e-12 * max(1.0, hi):
+            break
+    return 0.5 * (lo + hi)
+
+
+def paired_interval(a: Sequence[float], b: Sequence[float], *, level: float = 0.95) -> tuple[float, float, float]:
+    """Mean of a - b over paired seeds and its paired t interval at ``level``: (mean, low, high).
+
+    With fewer than two pairs the interval is (-inf, inf): one seed resolves nothing.
+    """
+    d = np.asarray(a, np.float64) - np.asarray(b, np.float64)
+    if d.size == 0:
+        return math.nan, -math.inf, math.inf
+    mean = float(d.mean())
+    if d.size < 2:
+        return mean, -math.inf, math.inf
+    half = t_quantile(0.5 + level / 2, d.size - 1) * float(d.std(ddof=1)) / math.sqrt(d.size)
+    return mean, mean - half, mean + half
+
+
+def verdict(low: float, high: float) -> str:
+    """'better' (interval below 0), 'worse' (above 0) or 'within noise'."""
+    if high < 0:
+        return "better"
+    if low > 0:
+        return "worse"
+    return "within noise"
+
+
+@dataclasses.dataclass(frozen=True)
+class SeedSummary:
+    """One genome over the re-evaluation seeds.
+
+    Fields:
+        name: the baseline's name, or the genome's short form for a front genome.
+        kind: "front" or "baseline".
+        genome, hash: the genome string and content hash.
+        values: the quality objective per seed, in ``Reevaluation.seeds`` order (None: the run
+            diverged or failed, the worst value).
+        mean, sd: over the finite values (sd with ddof 1; nan with fewer than two).
+        search_value: the objective the search recorded with its own seed.
+        params, cache_bytes: the genome's sizes.
+    """
+
+    name: str
+    kind: str
+    genome: str
+    hash: str
+    values: tuple[float | None, ...]
+    mean: float
+    sd: float
+    search_value: float | None
+    params: int | None
+    cache_bytes: int | None
+
+
+@dataclasses.dataclass(frozen=True)
+class PairedComparison:
+    """A front genome against a baseline: mean paired difference and its 95% interval."""
+
+    genome: str
+    baseline: str
+    mean: float
+    low: float
+    high: float
+    n: int
+    verdict: str
+
+
+@dataclasses.dataclass(frozen=True)
+class Reevaluation:
+    """What ``reevaluate`` measured.
+
+    Fields:
+        objective: the quality objective compared (the run's first non-size objective).
+        seeds: the training seeds used.
+        summaries: one per front genome, then one per baseline.
+        comparisons: every front genome against every baseline.
+        interval: how the intervals were made (text).
+    """
+
+    objective: str
+    seeds: tuple[int, ...]
+    summaries: tuple[SeedSummary, ...]
+    comparisons: tuple[PairedComparison, ...]
+    interval: str = "paired t intervals over seeds, simultaneous 95% (Bonferroni over the comparisons)"
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict of every field."""
+        return dataclasses.asdict(self)
+
+
+def compare_over_seeds(front: Sequence[tuple[str, Sequence[float | None]]],
+                       baselines: Sequence[tuple[str, Sequence[float | None]]]) -> list[PairedComparison]:
+    """Every front genome against every baseline from per-seed values (same seeds, same order):
+    paired t intervals, simultaneous 95% over all the comparisons (Bonferroni)."""
+    level = 1.0 - 0.05 / max(1, len(front) * len(baselines))
+    out = []
+    for fname, fvals in front:
+        for bname, bvals in baselines:
+            pairs = [(x, y) for x, y in zip(fvals, bvals) if x is not None and y is not None]
+            mean, low, high = paired_interval([p[0] for p in pairs], [p[1] for p in pairs], level=level)
+            out.append(PairedComparison(fname, bname, mean, low, high, len(pairs), verdict(low, high)))
+    return out
+
+
+def quality_objective(config: EvolveConfig) -> str:
+    """The run's quality objective: its first objective that is not a size (params, cache, latency)."""
+    for name in config.objectives:
+        if name not in SIZE_OBJECTIVES:
+            return name
+    raise ValueError(f"the run's objectives {list(config.objectives)} have no quality objective to re-evaluate")
+
+
+def _finite(v) -> float | None:
+    return None if v is None or not math.isfinite(float(v)) else float(v)
+
+
+def reevaluate(run_dir, seeds: int = 5, *, evaluator: Callable | None = None,
+               progress: bool = False) -> Reevaluation:
+    """Retrains a finished run's front genomes and its baselines over ``seeds`` fresh training seeds.
+
+    Arguments:
+        run_dir: an evolution run directory (``star_jax.evolve``).
+        seeds: K >= 2, the number of training seeds (``train.seed + 1 ... train.seed + K``).
+        evaluator: the training function (default: the run's, ``train_candidates``); same
+            signature as ``evolve``'s.
+        progress: print one line per finished seed to stderr.
+
+    Returns:
+        The ``Reevaluation``; also written to the run directory (see the module docstring).
+    """
+    import sys
+
+    from star_jax.evolve.loop import _evaluate, baseline_genomes, load_run, train_candidates
+    from star_jax.genome import Genome
+    from star_jax.io import RunDir
+    from star_jax.io.jsonutil import append_jsonl, read_jsonl
+
+    if not isinstance(seeds, int) or isinstance(seeds, bool) or seeds < 2:
+        raise ValueError(f"reevaluate: seeds must be an integer >= 2 (one seed resolves nothing), got {seeds!r}")
+    result = load_run(run_dir)
+    config = result.config
+    objective = quality_objective(config)
+    seed_list = tuple(config.train.seed + 1 + i for i in range(seeds))
+    entries: list[tuple[str, str, Genome, dict | None]] = [
+        ("front", r.get("short") or r["genome"], g, r) for g, r in zip(result.pareto_front, result.front_records)]
+    recorded_baselines = {r.get("baseline"): r for r in result.baselines}
+    for name, g in baseline_genomes(config.n_liv).items():
+        entries.append(("baseline", name, g, recorded_baselines.get(name)))
+    rd = RunDir(run_dir)
+    path = pathlib.Path(rd.path) / REEVAL_FILE
+    task = config.make_task()
+    evaluator = evaluator or train_candidates
+    with rd.lock():
+        done = {(r["hash"], r["seed"]): r for r in (read_jsonl(path) if path.exists() else [])
+                if isinstance(r, dict) and "hash" in r and "seed" in r}
+        for seed in seed_list:
+            todo = [e for e in entries if (e[2].content_hash(), seed) not in done]
+            if not todo:
+                continue
+            cfg = config.replace(train=config.train.replace(seed=seed), train_seeds=1)
+            records = _evaluate([e[2] for e in todo], cfg, task, -1, evaluator)
+            for (kind, name, g, _), rec in zip(todo, records):
+                line = {"hash": g.content_hash(), "seed": seed, "genome": g.to_string(), "name": name, "kind": kind,
+                        "objectives": rec["objectives"], "test_accuracy": rec.get("test_accuracy"),
+                        "test_loss": rec.get("test_loss"), "diverged": rec.get("diverged")}
+                append_jsonl(path, line)
+                done[(line["hash"], seed)] = line
+            if progress:
+                print(f"re-evaluation: seed {seed} done ({len(todo)} genomes)", file=sys.stderr, flush=True)
+    summaries = []
+    for kind, name, g, rec in entries:
+        h = g.content_hash()
+        values = tuple(_finite(done[(h, s)]["objectives"].get(objective)) for s in seed_list)
+        finite = [v for v in values if v is not None]
+        summaries.append(SeedSummary(
+            name=name, kind=kind, genome=g.to_string(), hash=h, values=values,
+            mean=float(np.mean(finite)) if finite else math.nan,
+            sd=float(np.std(finite, ddof=1)) if len(finite) > 1 else math.nan,
+            search_value=_finite((rec or {}).get("objectives", {}).get(objective)),
+            params=(rec or {}).get("params"), cache_bytes=(rec or {}).get("cache_bytes")))
+    comparisons = compare_over_seeds([(s.genome, s.values) for s in summaries if s.kind == "front"],
+                                     [(s.name, s.values) for s in summaries if s.kind == "baseline"])
+    out = Reevaluation(objective, seed_list, tuple(summaries), tuple(comparisons))
+    write_reevaluation_report(out, rd.path, config)
+    return out
+
+
+def _fmt(v: float | None, digits: int = 4) -> str:
+    return "-" if v is None or not math.isfinite(v) else f"{v:.{digits}f}"
+
+
+def write_reevaluation_report(reeval: Reevaluation, run_dir, config: EvolveConfig) -> pathlib.Path:
+    """Writes ``reevaluation.md`` and ``plots/reevaluation.png`` into the run directory."""
+    run_dir = pathlib.Path(run_dir)
+    q = reeval.objective
+    lines = [f"# Re-evaluation over {len(reeval.seeds)} training seeds", "",
+             f"Objective: `{q}` (lower is better). Seeds: {list(reeval.seeds)} (the search used "
+             f"{config.train.seed}). Budget: the run's ({config.train.steps} steps, batch "
+             f"{config.train.batch_size}). Intervals: {reeval.interval}.", "",
+             f"| | architecture | {q} per seed | mean +- sd | search value | cache bytes | params |",
+             "|---|---|---|---|---|---|---|"]
+    for s in reeval.summaries:
+        per_seed = ", ".join(_fmt(v, 3) for v in s.values)
+        lines.append(f"| {s.kind} | {s.name} | {per_seed} | {_fmt(s.mean)} +- {_fmt(s.sd)} | {_fmt(s.search_value)} "
+                     f"| {s.cache_bytes if s.cache_bytes is not None else '-'} "
+                     f"| {s.params if s.params is not None else '-'} |")
+    lines += ["", f"Paired differences (front genome minus baseline; negative = the front genome is better):", "",
+              "| front genome | baseline | mean difference | simultaneous 95% interval | verdict |", "|---|---|---|---|---|"]
+    short = {s.genome: s.name for s in reeval.summaries}
+    for c in reeval.comparisons:
+        lines.append(f"| {short.get(c.genome, c.genome)} | {c.baseline} | {_fmt(c.mean)} | "
+                     f"[{_fmt(c.low)}, {_fmt(c.high)}] | {c.verdict} |")
+    md = run_dir / "reevaluation.md"
+    md.write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    x_key = "cache_bytes" if "cache_bytes" in config.objectives or "params" not in config.objectives else "params"
+    fig, ax = plt.subplots(figsize=(6.5, 4.5))
+    for kind, marker, color in (("front", "o", "tab:blue"), ("baseline", "s", "tab:red")):
+        pts = [s for s in reeval.summaries if s.kind == kind and getattr(s, x_key) is not None and math.isfinite(s.mean)]
+        if pts:
+            ax.errorbar([getattr(s, x_key) for s in pts], [s.mean for s in pts],
+                        yerr=[0.0 if math.isnan(s.sd) else s.sd for s in pts], fmt=marker, color=color,
+                        capsize=3, label=f"{kind} (mean +- sd over {len(reeval.seeds)} seeds)")
+            for s in pts:
+                ax.annotate(s.name, (getattr(s, x_key), s.mean), fontsize=7, xytext=(3, 3), textcoords="offset points")
+    ax.set_xscale("log")
+    ax.set_xlabel(("inference cache bytes" if x_key == "cache_bytes" else "parameters") + " (lower is better, log)")
+    ax.set_ylabel(f"{q} (lower is better)")
+    ax.set_title("Front and baselines re-trained over seeds")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    (run_dir / "plots").mkdir(exist_ok=True)
+    fig.savefig(run_dir / "plots" / "reevaluation.png", dpi=120)
+    plt.close(fig)
+    return md
+
+
+__all__ = ["reevaluate", "Reevaluation", "SeedSummary", "PairedComparison", "paired_interval", "verdict",
+           "t_quantile", "quality_objective", "compare_over_seeds", "write_reevaluation_report", "REEVAL_FILE"]

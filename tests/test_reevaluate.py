@@ -1,0 +1,136 @@
+"""Re-evaluation over training seeds: paired intervals, verdicts, resume, and a pure-noise search
+whose every apparent improvement the re-evaluation calls noise."""
+import hashlib
+import json
+import math
+
+import numpy as np
+import pytest
+
+from star_jax.evolve import EvolveConfig, evolve
+from star_jax.evolve.reevaluate import REEVAL_FILE, paired_interval, reevaluate, t_quantile, verdict
+
+
+def _unit(genome, seed) -> float:
+    h = hashlib.sha256(f"{genome.content_hash()}/{seed}".encode()).hexdigest()
+    return np.random.default_rng(int(h[:12], 16)).normal()
+
+
+class NoiseEvaluator:
+    """Accuracy is pure noise: the same for every genome on average, fresh on every seed."""
+
+    def __init__(self, signal=None):
+        self.calls = []
+        self.signal = signal or (lambda g: 0.0)
+
+    def __call__(self, genomes, config, task, *, on_candidate=None):
+        self.calls.append((config.train.seed, len(genomes)))
+        out = []
+        for g in genomes:
+            acc = 0.5 + self.signal(g) + 0.05 * _unit(g, config.train.seed)
+            out.append({"train_loss": 1.0, "test_loss": 1.0 - acc, "test_accuracy": acc, "diverged": False,
+                        "steps_run": 1})
+        return out
+
+
+def _config(**changes):
+    base = dict(n_liv=4, pop_size=8, generations=3, seed=5, strategy="sequential", baselines=True)
+    base.update(changes)
+    return EvolveConfig.quick(**base)
+
+
+def test_t_quantiles_and_interval():
+    # printed tables: t_{0.975} for df 1, 2, 4, 9, 30 and t_{0.995} for df 5
+    for p, df, ref in ((0.975, 1, 12.706), (0.975, 2, 4.303), (0.975, 4, 2.776), (0.975, 9, 2.262),
+                       (0.975, 30, 2.042), (0.995, 5, 4.032)):
+        assert t_quantile(p, df) == pytest.approx(ref, abs=1e-3)
+    stats = pytest.importorskip("scipy.stats")
+    for df in (1, 2, 3, 7, 12, 40):
+        for p in (0.9, 0.975, 0.99875):
+            assert t_quantile(p, df) == pytest.approx(stats.t.ppf(p, df), rel=1e-7)
+    mean, lo, hi = paired_interval([1.0, 2.0, 3.0], [0.0, 0.0, 0.0])
+    assert mean == 2.0 and hi - mean == pytest.approx(4.3027 * 1.0 / math.sqrt(3), rel=1e-4)
+    assert paired_interval([1.0], [0.0])[1:] == (-math.inf, math.inf)
+    assert verdict(-0.3, -0.1) == "better" and verdict(0.1, 0.2) == "worse" and verdict(-0.1, 0.1) == "within noise"
+
+
+def test_pure_noise_search_improvements_are_flagged_as_noise(tmp_path):
+    run = tmp_path / "run"
+    ev = NoiseEvaluator()
+    result = evolve(_config(), run, progress=False, evaluator=ev)
+    base_search = {r["baseline"]: r["objectives"]["error"] for r in result.baselines}
+    # the search keeps the luckiest: on its own seed, front genomes look better than baselines
+    lucky = [r for r in result.front_records if r["objectives"]["error"] < min(base_search.values())]
+    assert lucky, "the pure-noise search should have produced apparent improvements"
+    ev.calls.clear()
+    out = reevaluate(run, seeds=6, evaluator=ev)
+    assert out.seeds == (1, 2, 3, 4, 5, 6) and {c[0] for c in ev.calls} == set(out.seeds)
+    assert len(out.comparisons) == len(result.front_records) * 3
+    assert all(c.verdict == "within noise" for c in out.comparisons), [(c.mean, c.low, c.high) for c in out.comparisons]
+    # the re-evaluated means regress to the common mean: the lucky genomes lose their search advantage
+    fronts = [s for s in out.summaries if s.kind == "front"]
+    assert np.mean([s.mean for s in fronts]) > np.mean([s.search_value for s in fronts])
+    text = (run / "reevaluation.md").read_text()
+    assert "within noise" in text and "+-" in text and (run / "plots" / "reevaluation.png").exists()
+
+
+def test_a_real_advantage_is_called_better_and_a_rerun_trains_nothing(tmp_path):
+    run = tmp_path / "run"
+    # genomes with a recurrence are truly better by 0.2 accuracy (noise sd 0.05)
+    signal = lambda g: 0.2 if any(s.liv_class in (5, 6, 14, 15) for s in g) else 0.0
+    ev = NoiseEvaluator(signal)
+    evolve(_config(), run, progress=False, evaluator=ev)
+    out = reevaluate(run, seeds=4, evaluator=ev)
+    better = [c for c in out.comparisons if c.verdict == "better"]
+    assert better and all(c.baseline == "Transformer++" or c.baseline == "LFM2-like" for c in better)
+    lines = [json.loads(x) for x in (run / REEVAL_FILE).read_text().splitlines()]
+    assert len(lines) == 4 * len(out.summaries)
+    ev.calls.clear()
+    again = reevaluate(run, seeds=4, evaluator=ev)
+    assert ev.calls == [] and again == out
+    more = reevaluate(run, seeds=5, evaluator=ev)  # one more seed: only it is trained
+    assert [c[0] for c in ev.calls] == [5] and more.seeds[-1] == 5
+
+
+def test_bad_seed_count(tmp_path):
+    with pytest.raises(ValueError, match="seeds must be an integer >= 2"):
+        reevaluate(tmp_path, seeds=1)
+
+
+def test_cli_reevaluate(tmp_path, monkeypatch, capsys):
+    import star_jax.evolve.loop as loop
+    from star_jax.cli import main
+
+    run = tmp_path / "run"
+    ev = NoiseEvaluator()
+    evolve(_config(generations=1), run, progress=False, evaluator=ev)
+    monkeypatch.setattr(loop, "train_candidates", ev)
+    assert main(["reevaluate", str(run), "--seeds", "3"]) == 0
+    out = capsys.readouterr().out
+    assert "error over seeds [1, 2, 3] (mean +- sd)" in out and "Transformer++" in out and "within noise" in out
+    assert main(["reevaluate", str(run), "--seeds", "1"]) == 2
+    assert "--seeds must be >= 2" in capsys.readouterr().err
+    assert main(["reevaluate", str(tmp_path / "nothing")]) == 2
+    assert "not a run directory" in capsys.readouterr().err
+
+
+def test_noise_aware_selection_scores_the_mean_over_seeds_and_the_report_flags_noise(tmp_path):
+    from star_jax.evolve import write_report
+
+    ev = NoiseEvaluator()
+    result = evolve(_config(generations=1, train_seeds=3), tmp_path / "run", progress=False, evaluator=ev)
+    assert sorted({c[0] for c in ev.calls}) == [0, 1, 2]
+    for r in list(result.archive.values()) + list(result.baselines):
+        accs = r["seed_test_accuracy"]
+        assert len(accs) == 3 and r["test_accuracy"] == pytest.approx(np.mean(accs))
+        assert r["test_accuracy_sd"] == pytest.approx(np.std(accs, ddof=1))
+        assert r["objectives"]["error"] == pytest.approx(1 - np.mean(accs))
+    write_report(tmp_path / "run")
+    text = (tmp_path / "run" / "plots" / "front.md").read_text()
+    assert "over 3 training seeds" in text and "within noise" in text
+    # one seed per genome: the report says nothing is resolved
+    evolve(_config(generations=1), tmp_path / "one", progress=False, evaluator=NoiseEvaluator())
+    write_report(tmp_path / "one")
+    assert "not resolved" in (tmp_path / "one" / "plots" / "front.md").read_text()
+    with pytest.raises(Exception, match="train_seeds"):
+        _config(train_seeds=0)

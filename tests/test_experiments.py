@@ -48,7 +48,7 @@ def test_configs_equal_what_make_configs_writes():
 def test_config_loads_round_trips_and_has_the_study_objectives(path):
     cfg = _load(path)
     assert EvolveConfig.from_json(cfg.to_json()) == cfg
-    quality = "error" if cfg.task["name"] != "bytes_lm" else "perplexity"
+    quality = "error" if cfg.task["name"] != "bytes_lm" else "bits_per_byte"
     study = path.stem.rsplit("_", 1)[1]
     expected = {"quality": (quality,), "params": (quality, "params"), "cache": (quality, "cache_bytes")}[study]
     assert cfg.objectives == expected

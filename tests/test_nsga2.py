@@ -211,6 +211,8 @@ def test_objective_registry_and_constraints():
                             [rec])
     np.testing.assert_allclose(f[0], [2.0, 0.25, 0.4, math.exp(2.0), 1234, 4096, 3.5])
     assert get_objective("perplexity")({"perplexity": 7.0}) == 7.0
+    assert get_objective("bits_per_byte")({"loss": math.log(2.0) * 3.0}) == pytest.approx(3.0)
+    assert math.isnan(get_objective("bits_per_byte")({"loss": None}))  # failed -> NaN -> worst
     assert math.isnan(get_objective("error")({"accuracy": None}))  # a failed candidate -> NaN -> worst
     with pytest.raises(KeyError, match="valid objectives: .*cache_bytes"):
         get_objective("accuracy")

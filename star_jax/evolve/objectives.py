@@ -137,12 +137,19 @@ def _perplexity(record: Record):
     return math.exp(loss) if loss < 700.0 else math.inf
 
 
+def _bits_per_byte(record: Record):
+    loss = _get(record, "loss")
+    return None if loss is None else loss / math.log(2.0)
+
+
 # Built-ins as data: name, record key(s), function, description.
 _BUILTINS = (
     ("task_loss", ("loss",), lambda r: _get(r, "loss"), "validation loss of the task"),
     ("error", ("accuracy",), _one_minus("accuracy"), "1 - accuracy"),
     ("mad_error", ("mad_score",), _one_minus("mad_score"), "1 - MAD score (mean accuracy over the MAD tasks)"),
     ("perplexity", ("loss",), _perplexity, "perplexity (record 'perplexity', else exp(loss))"),
+    ("bits_per_byte", ("loss",), _bits_per_byte,
+     "test loss in bits per token (loss / ln 2; bits per byte on byte-level tasks such as bytes_lm)"),
     ("params", ("params",), lambda r: _get(r, "params"), "unique trainable parameters"),
     ("cache_bytes", ("cache_bytes",), lambda r: _get(r, "cache_bytes"), "inference cache bytes per sequence"),
     ("latency", ("latency_ms",), lambda r: _get(r, "latency_ms"), "decode latency on the current device, ms"),

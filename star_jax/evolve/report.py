@@ -19,6 +19,7 @@ _AXIS_NAMES = {
     "mad_error": "MAD error = 1 - MAD score",
     "task_loss": "test loss",
     "perplexity": "test perplexity",
+    "bits_per_byte": "test bits per byte",
     "params": "parameters",
     "cache_bytes": "inference cache bytes per sequence at L={cache_seq_len}",
     "latency": "decode latency (ms)",

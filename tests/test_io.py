@@ -186,15 +186,18 @@ def test_all_corrupt_raises_checkpoint_error(tmp_path):
 
 
 def test_half_written_step_is_ignored_and_cleaned(tmp_path):
-    mgr = CheckpointManager(tmp_path)
-    mgr.save(0, *_state(0))
-    # What a kill inside orbax's save leaves: a temporary directory, never the final name.
+    with CheckpointManager(tmp_path) as killed:
+        killed.save(0, *_state(0))
+    # What a kill inside orbax's save leaves: a temporary directory, never the final name; and
+    # what a kill inside a delete of earlier versions left.
     tmp = tmp_path / "1.orbax-checkpoint-tmp-1234"
     (tmp / "arrays").mkdir(parents=True)
     (tmp / "arrays" / "partial").write_bytes(b"\x01\x02")
     trash = tmp_path / "0.deleting-1-2"
     trash.mkdir()
+    mgr = CheckpointManager(tmp_path)  # the next writer
     assert mgr.all_steps() == [0] and mgr.restore()[2] == 0
+    assert tmp.exists() and trash.exists()  # reading never changes the directory
     mgr.save(1, *_state(1))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["0", "1"]
 

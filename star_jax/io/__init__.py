@@ -2,6 +2,7 @@
 
 The only package that imports orbax, so checkpoint-format churn stays behind these names.
 """
+from star_jax.io.atomic import atomic_write_bytes, atomic_write_text
 from star_jax.io.checkpoint import CheckpointError, CheckpointManager, CheckpointWarning
 from star_jax.io.jsonutil import RunStateWarning, config_hash, to_jsonable, write_json_atomic
 from star_jax.io.logs import MetricLogger
@@ -17,6 +18,8 @@ __all__ = [
     "RunDir",
     "RunDirError",
     "RunStateWarning",
+    "atomic_write_bytes",
+    "atomic_write_text",
     "config_hash",
     "to_jsonable",
     "write_json_atomic",

@@ -1,7 +1,8 @@
-"""Per-generation checkpoints of arrays + JSON metadata, atomic and checksummed, over orbax.
+"""Per-generation checkpoints of arrays + JSON metadata: orbax's CheckpointManager plus a checksum.
 
-The only module that imports orbax, so its API churn stays here; a corrupt latest checkpoint
-falls back to the previous good one instead of ending a run.
+orbax lists steps, keeps the newest few, writes each step atomically and cleans up after kills;
+this layer adds a sha256 over what was saved and falls back to an earlier step when the latest
+fails it. The only module that imports orbax, so its API churn stays here.
 """
 from __future__ import annotations
 
@@ -11,7 +12,6 @@ import operator
 import os
 import pathlib
 import shutil
-import time
 import warnings
 from typing import Any
 
@@ -22,9 +22,10 @@ import orbax.checkpoint as ocp
 from star_jax.io.jsonutil import RunStateWarning, _is_prng_key, canonical_json, to_jsonable
 
 FORMAT_VERSION = 1
-# orbax writes a step into "<step>.orbax-checkpoint-tmp[-<t>]" and renames it when complete.
-_TMP_MARKER = ".orbax-checkpoint-tmp"
-_TRASH_MARKER = ".deleting-"  # a step being deleted is renamed "<step>.deleting-<pid>-<ns>" first
+_ITEMS = ("arrays", "meta")  # the orbax items of a step: `<step>/arrays`, `<step>/meta`
+# Earlier versions renamed a step to "<step>.deleting-<pid>-<ns>" before removing it; a kill in
+# between left such a directory, which the first save removes.
+_LEGACY_TRASH = "*.deleting-*"
 
 
 class CheckpointError(RuntimeError):
@@ -128,9 +129,15 @@ class CheckpointManager:
 
     Each step holds two orbax items: `arrays` (a flat pytree of the non-empty arrays) and `meta`
     (JSON: format, step, the arrays' paths/dtypes/shapes, the user metadata and a sha256 over all
-    of it). A step is written by orbax into `<step>.orbax-checkpoint-tmp-*` and renamed to
-    `<step>` only when complete, so a kill mid-save leaves at most an ignored temporary
-    directory. Deletion renames before removing, so a half-deleted step is never listed.
+    of it). Every version of star_jax wrote this layout, so earlier run directories read as is.
+
+    orbax's `CheckpointManager` does the bookkeeping: it writes a step into a temporary directory
+    renamed to `<step>` only when complete (a kill mid-save leaves no step), removes temporaries
+    left by a kill when a writer starts, lists the steps and keeps the newest `keep`. This class
+    adds the checksum, verified on every restore, and the fallback to an earlier step.
+
+    Reading never changes the directory (a report may read a run another process is writing):
+    orbax's manager is opened read-only until the first `save` or `delete`.
 
     Arguments:
       directory: where the step directories live (created if missing).
@@ -143,7 +150,8 @@ class CheckpointManager:
         self.directory = pathlib.Path(directory).absolute()
         self.keep = keep
         self.directory.mkdir(parents=True, exist_ok=True)
-        self._checkpointer: ocp.Checkpointer | None = None
+        self._manager: ocp.CheckpointManager | None = None
+        self._writable = False
 
     def __repr__(self) -> str:
         return f"CheckpointManager({str(self.directory)!r}, keep={self.keep})"
@@ -160,16 +168,41 @@ class CheckpointManager:
         Returns:
           None.
         """
-        if self._checkpointer is not None:
-            self._checkpointer.close()
-            self._checkpointer = None
+        if self._manager is not None:
+            self._manager.close()
+            self._manager = None
+            self._writable = False
 
-    @property
-    def _ckpt(self) -> ocp.Checkpointer:
-        """orbax's synchronous checkpointer of composite (arrays + meta) items, made lazily."""
-        if self._checkpointer is None:
-            self._checkpointer = ocp.Checkpointer(ocp.CompositeCheckpointHandler())
-        return self._checkpointer
+    def _orbax(self, write: bool = False) -> ocp.CheckpointManager:
+        """orbax's manager of the directory: read-only, or able to write when `write` is set.
+
+        The writing one is made at most once per instance: making it removes the temporaries a
+        killed writer left (so it must be the only writer: the run directory's lock).
+
+        Arguments:
+          write: whether the caller saves or deletes.
+        Returns:
+          The manager, its step list refreshed from disk.
+        """
+        if self._manager is None or (write and not self._writable):
+            self.close()
+            if write:
+                for entry in self.directory.glob(_LEGACY_TRASH):
+                    if entry.name.split(".", 1)[0].isdigit() and entry.is_dir():
+                        shutil.rmtree(entry, ignore_errors=True)
+            options = ocp.CheckpointManagerOptions(
+                enable_async_checkpointing=False,  # `save` returns with the step complete on disk
+                cleanup_tmp_directories=write,  # the only change orbax makes when it opens
+                preservation_policy=ocp.checkpoint_managers.LatestN(n=self.keep),
+                save_root_metadata=False,
+                create=False,
+                num_deletion_threads=1,
+            )
+            self._manager = ocp.CheckpointManager(self.directory, item_names=_ITEMS, options=options)
+            self._writable = write
+        else:
+            self._manager.reload()  # another process (or instance) may have written since
+        return self._manager
 
     def step_path(self, step: int) -> pathlib.Path:
         """The directory of one step.
@@ -187,13 +220,9 @@ class CheckpointManager:
         Returns:
           Sorted list of step numbers.
         """
-        steps = []
         if not self.directory.exists():
-            return steps
-        for entry in self.directory.iterdir():
-            if entry.name.isdigit() and entry.is_dir() and ocp.step.is_path_finalized(entry):
-                steps.append(int(entry.name))
-        return sorted(steps)
+            return []
+        return sorted(int(s) for s in self._orbax().all_steps())
 
     def latest_step(self) -> int | None:
         """The newest completed step (as `all_steps`; `restore` verifies it and may fall back).
@@ -227,22 +256,20 @@ class CheckpointManager:
         header = {"format": FORMAT_VERSION, "step": step, "arrays": spec,
                   "empty_dicts": [list(p) for p in empties], "meta": to_jsonable(meta)}
         record = dict(header, sha256=_digest(header, [a for _, a in leaves]))
-        self._remove_leftovers()
-        for old in self.all_steps():
+        manager = self._orbax(write=True)
+        for old in sorted(manager.all_steps()):
             if old > step:
                 warnings.warn(f"discarding checkpoint step {old} at {self.step_path(old)}: it is "
                               f"newer than step {step} being saved", CheckpointWarning,
                               stacklevel=2)
             if old >= step:
-                self._discard(old)
+                manager.delete(old)
         flat = {f"leaf_{i:05d}": a for i, (_, a) in enumerate(leaves) if a.size > 0}
         items = {"meta": ocp.args.JsonSave(record)}
         if flat:
             items["arrays"] = ocp.args.PyTreeSave(flat)
-        path = self.step_path(step)
-        self._ckpt.save(path, args=ocp.args.Composite(**items))
-        self._prune()
-        return path
+        manager.save(step, args=ocp.args.Composite(**items), force=True)
+        return self.step_path(step)
 
     def restore(self, step: int | None = None) -> tuple[dict, Any, int]:
         """Reads and verifies a step; with `step=None`, the newest good one.
@@ -292,15 +319,17 @@ class CheckpointManager:
         Returns:
           (arrays, meta).
         Raises:
-          CheckpointError: naming the step, the path and what is wrong.
+          CheckpointError: naming the step, the file or directory and what is wrong.
         """
         path = self.step_path(step)
         where = f"checkpoint step {step} at {path}"
+        manager = self._manager if self._manager is not None else self._orbax()
         try:
-            record = self._ckpt.restore(path, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
+            record = manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
             record = record["meta"]
         except Exception as e:  # orbax/tensorstore raise many types for damaged files
-            raise CheckpointError(f"{where}: cannot read metadata: {type(e).__name__}: {e}") from e
+            raise CheckpointError(f"{where}: cannot read metadata {path / 'meta'}: "
+                                  f"{type(e).__name__}: {e}") from e
         try:
             if not isinstance(record, dict):
                 raise ValueError(f"expected a JSON object, got {type(record).__name__}")
@@ -312,17 +341,17 @@ class CheckpointManager:
             shapes = [tuple(int(n) for n in e["shape"]) for e in spec]
             dtypes = [jnp.dtype(e["dtype"]) for e in spec]
         except (KeyError, TypeError, ValueError) as e:
-            raise CheckpointError(f"{where}: malformed metadata: {e}") from e
+            raise CheckpointError(f"{where}: malformed metadata {path / 'meta'}: {e}") from e
         stored = {}
         names = [f"leaf_{i:05d}" for i, s in enumerate(shapes) if math.prod(s) > 0]
         if names:
             restore_args = {n: ocp.RestoreArgs(restore_type=np.ndarray) for n in names}
             try:
-                stored = self._ckpt.restore(path, args=ocp.args.Composite(
+                stored = manager.restore(step, args=ocp.args.Composite(
                     arrays=ocp.args.PyTreeRestore(restore_args=restore_args)))["arrays"]
             except Exception as e:
-                raise CheckpointError(
-                    f"{where}: cannot read arrays: {type(e).__name__}: {e}") from e
+                raise CheckpointError(f"{where}: cannot read arrays {path / 'arrays'}: "
+                                      f"{type(e).__name__}: {e}") from e
         leaves = []
         for i, (entry, shape, dtype) in enumerate(zip(spec, shapes, dtypes)):
             if math.prod(shape) == 0:
@@ -331,48 +360,26 @@ class CheckpointManager:
                 a = np.asarray(stored.get(f"leaf_{i:05d}") if isinstance(stored, dict) else None)
                 if a.shape != shape or a.dtype != dtype:
                     raise CheckpointError(
-                        f"{where}: array {entry['path']} is {a.dtype}{list(a.shape)}, "
-                        f"expected {dtype}{list(shape)}")
+                        f"{where}: array {entry['path']} in {path / 'arrays'} is "
+                        f"{a.dtype}{list(a.shape)}, expected {dtype}{list(shape)}")
             leaves.append((tuple(entry["path"]), a))
         header = {k: v for k, v in record.items() if k != "sha256"}
         digest = _digest(header, [a for _, a in leaves])
         if digest != record.get("sha256"):
             raise CheckpointError(f"{where}: checksum mismatch (stored {record.get('sha256')}, "
-                                  f"computed {digest})")
+                                  f"computed {digest}); its files {path / 'meta'} or "
+                                  f"{path / 'arrays'} were changed or cut short")
         return _unflatten(leaves, [tuple(p) for p in record["empty_dicts"]]), record["meta"]
 
     def delete(self, step: int) -> None:
-        """Deletes one step (renamed away first, so it is never seen half-deleted).
+        """Deletes one step.
 
         Arguments:
           step: the step to delete; a missing step is ignored.
         Returns:
           None.
         """
-        self._discard(operator.index(step))
-
-    def _discard(self, step: int) -> None:
-        """Renames a step away (atomic), then removes it; a missing step is ignored."""
-        path = self.step_path(step)
-        if not path.exists():
-            return
-        trash = self.directory / f"{step}{_TRASH_MARKER}{os.getpid()}-{time.monotonic_ns()}"
-        os.replace(path, trash)
-        shutil.rmtree(trash, ignore_errors=True)
-
-    def _prune(self) -> None:
-        """Deletes all but the newest `keep` steps."""
-        if self.keep is None:
-            return
-        steps = self.all_steps()
-        for old in steps[: max(0, len(steps) - self.keep)]:
-            self._discard(old)
-
-    def _remove_leftovers(self) -> None:
-        """Removes temporary and half-deleted steps left by a kill (this run is the only writer)."""
-        for entry in self.directory.iterdir():
-            if _TMP_MARKER in entry.name or _TRASH_MARKER in entry.name:
-                if entry.is_dir():
-                    shutil.rmtree(entry, ignore_errors=True)
-                else:
-                    entry.unlink(missing_ok=True)
+        step = operator.index(step)
+        manager = self._orbax(write=True)
+        if step in manager.all_steps():
+            manager.delete(step)

@@ -11,11 +11,12 @@ import json
 import math
 import os
 import pathlib
-import tempfile
 import warnings
 from typing import Any, Callable
 
 import numpy as np
+
+from star_jax.io.atomic import atomic_write_text, fsync_dir  # noqa: F401  (fsync_dir: kept importable here)
 
 
 class RunStateWarning(UserWarning):
@@ -118,8 +119,7 @@ def config_hash(config: Any) -> str:
 def write_json_atomic(path: str | os.PathLike, obj: Any, *, indent: int | None = 2) -> None:
     """Writes JSON so that `path` holds either the old content or the complete new one.
 
-    Writes a temporary file in the same directory, fsyncs it, renames it over `path` and fsyncs
-    the directory, so a kill at any moment never leaves a partial file.
+    Through `atomic_write_text`, so a kill at any moment never leaves a partial file.
 
     Arguments:
       path: the destination file; its directory must exist.
@@ -128,40 +128,7 @@ def write_json_atomic(path: str | os.PathLike, obj: Any, *, indent: int | None =
     Returns:
       None.
     """
-    path = pathlib.Path(path)
-    text = json.dumps(to_jsonable(obj), indent=indent) + "\n"
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", errors="surrogateescape") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    fsync_dir(path.parent)
-
-
-def fsync_dir(path: str | os.PathLike) -> None:
-    """Fsyncs a directory so a rename inside it survives a crash (no-op where unsupported).
-
-    Arguments:
-      path: the directory.
-    Returns:
-      None.
-    """
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
+    atomic_write_text(path, json.dumps(to_jsonable(obj), indent=indent) + "\n")
 
 
 def append_jsonl(path: str | os.PathLike, record: Any) -> None:
@@ -313,16 +280,5 @@ def rewrite_jsonl(path: str | os.PathLike, keep: Callable[[Any], bool]) -> int:
     text = "".join(line + "\n" for line in out)
     if dropped == 0 and text.encode("utf-8", "surrogateescape") == data:
         return 0
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", errors="surrogateescape") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    fsync_dir(path.parent)
+    atomic_write_text(path, text)
     return dropped

@@ -137,7 +137,8 @@ class CheckpointManager:
     adds the checksum, verified on every restore, and the fallback to an earlier step.
 
     Reading never changes the directory (a report may read a run another process is writing):
-    orbax's manager is opened read-only until the first `save` or `delete`.
+    orbax's manager is opened without its temporary-directory cleanup until the first `save` or
+    `delete` (the writer holds the run directory's lock, so its cleanup removes only leftovers).
 
     Arguments:
       directory: where the step directories live (created if missing).
@@ -174,10 +175,10 @@ class CheckpointManager:
             self._writable = False
 
     def _orbax(self, write: bool = False) -> ocp.CheckpointManager:
-        """orbax's manager of the directory: read-only, or able to write when `write` is set.
+        """orbax's manager of the directory: one that only reads, or the writer when `write` is set.
 
-        The writing one is made at most once per instance: making it removes the temporaries a
-        killed writer left (so it must be the only writer: the run directory's lock).
+        The writer is made at most once per instance: making it removes the temporaries a killed
+        writer left (so it must be the only writer: the run directory's lock).
 
         Arguments:
           write: whether the caller saves or deletes.

@@ -13,6 +13,7 @@ import flax.linen as nn
 
 from star_jax.genome import Genome, LIVClass
 from star_jax.genome.classes import NONLINEARITY
+from star_jax.ops.contract import cache_groups as mixer_cache_groups, check_featurizer, check_mixer
 from .config import ModelConfig, ConfigError
 
 ACTIVATIONS = {1: "none", 3: "relu", 4: "swish"}
@@ -154,7 +155,8 @@ def _memoryless(i: int, cls: LIVClass, cfg: ModelConfig):
             GLUMixer(width=cfg.width, hidden=hidden, activation=act, differential=fz.differential))
 
 
-# featurizer kind -> builder(index, class, cfg) -> (featurizer module, mixer module)
+# featurizer kind -> builder(index, class, cfg) -> (featurizer module, mixer module); the modules
+# must implement star_jax.ops.contract.Featurizer and Mixer (checked by compile_genome).
 FAMILY_BUILDERS: dict[str, Callable] = {
     "qkv": _attention,
     "ssm": _recurrence,
@@ -169,12 +171,17 @@ def compile_genome(genome: Genome, cfg: ModelConfig) -> Program:
     Raises:
       GenomeError: the genome is invalid (names the segment).
       ConfigError: the config cannot fit one of the LIVs (names the LIV and the conflict).
+      OpContractError: a builder returned an op that does not implement the operator contract
+        (star_jax.ops.contract; names the LIV, the op class and the missing methods).
     """
     if not isinstance(cfg, ModelConfig):
         raise TypeError(f"cfg must be a ModelConfig, got {type(cfg).__name__}")
     plan = genome.sharing()  # validates
     classes = genome.classes
     built = [FAMILY_BUILDERS[c.kind](i, c, cfg) for i, c in enumerate(classes)]
+    for i, (c, (feat, mix)) in enumerate(zip(classes, built)):
+        check_featurizer(feat, _liv_where(i, c))
+        check_mixer(mix, _liv_where(i, c))
     slots = []
     for i, c in enumerate(classes):
         feat, mix = built[i]
@@ -184,7 +191,7 @@ def compile_genome(genome: Genome, cfg: ModelConfig) -> Program:
         src = plan.feature_source[i]
         shared = tuple(feat.shareable()) if src is not None else ()
         compute = tuple(g for g in feat.groups() if g not in shared)
-        cache_groups = tuple(mix.cache_groups()) if hasattr(mix, "cache_groups") else ()
+        cache_groups = mixer_cache_groups(mix)
         readonly = bool(src is not None and cache_groups and set(cache_groups) <= set(shared))
         slots.append(SlotSpec(i, c.class_id, c.name, built[owner][0], mix, owner, src, shared, compute, readonly))
     return Program(tuple(slots), cfg)

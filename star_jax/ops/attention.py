@@ -34,7 +34,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from star_jax.ops.groups import resolve_groups
+from star_jax.ops.base import CacheSharingMixerBase, FeaturizerBase
 from star_jax.ops.differential import LAMBDA_INIT, DiffHeadNorm, DiffLambda, diff_combine
 from star_jax.ops.primitives import apply_rope, causal_short_conv, causal_short_conv_step, rope_angles, rows
 
@@ -60,7 +60,7 @@ def _is_int(val) -> bool:
     return isinstance(val, numbers.Integral) and not isinstance(val, bool)
 
 
-class AttentionFeaturizer(nn.Module):
+class AttentionFeaturizer(FeaturizerBase):
     """Q/K/V projections (differential: q1, k1, q2, k2, v), each optionally short-convolved.
 
     Attributes:
@@ -100,8 +100,8 @@ class AttentionFeaturizer(nn.Module):
         return ("k1", "k2", "v") if self.differential else ("k", "v")
 
     @nn.nowrap
-    def _resolve(self, groups) -> tuple[str, ...]:
-        return resolve_groups(groups, self.groups(), f"AttentionFeaturizer(differential={self.differential})")
+    def _describe(self) -> str:
+        return f"AttentionFeaturizer(differential={self.differential})"
 
     @nn.nowrap
     def _heads(self, group: str) -> int:
@@ -196,7 +196,7 @@ def _conv_init(key, shape, dtype=jnp.float32):
     return delta + 0.1 * jax.random.normal(key, shape, dtype)
 
 
-class AttentionMixer(nn.Module):
+class AttentionMixer(CacheSharingMixerBase):
     """Causal (grouped-query) attention over featurizer outputs, plus the output projection.
 
     Attributes:

@@ -13,7 +13,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from star_jax.ops.groups import branch_suffixes, resolve_groups
+from star_jax.ops.base import FeaturizerBase, MixerBase
+from star_jax.ops.groups import branch_suffixes
 from star_jax.ops.differential import DiffLambda, diff_combine
 from star_jax.ops.primitives import causal_short_conv, causal_short_conv_step, fft_causal_conv, rows
 
@@ -47,7 +48,7 @@ def _centered(init, shift: float):
     return f
 
 
-class GatedConvFeaturizer(nn.Module):
+class GatedConvFeaturizer(FeaturizerBase):
     """Featurizer of the gated convolutions: (B, C, x) = Linear(h), each [..., width], optionally
     followed by a depthwise causal short convolution on each projection (Hyena's short filters).
 
@@ -90,10 +91,6 @@ class GatedConvFeaturizer(nn.Module):
     def shareable(self) -> tuple[str, ...]:
         """Groups another gated-conv LIV may reuse: the gates b, c (b1, c1, b2, c2 differential)."""
         return tuple(f"{g}{s}" for s in branch_suffixes(self.differential) for g in ("b", "c"))
-
-    @nn.nowrap
-    def _resolve(self, groups) -> tuple[str, ...]:
-        return resolve_groups(groups, self.groups(), type(self).__name__)
 
     @nn.compact
     def _weights(self, groups: tuple[str, ...]) -> dict:
@@ -159,7 +156,7 @@ class GatedConvFeaturizer(nn.Module):
         return len(self._resolve(groups)) * self.inner * (self.short_conv - 1)
 
 
-class ShortConvMixer(nn.Module):
+class ShortConvMixer(MixerBase):
     """Gated short convolution (the LFM2 block): out(C * conv_k(B * x)).
 
     The conv is depthwise and causal with k taps; differential: two gated paths with their own
@@ -310,7 +307,7 @@ class ImplicitFilter(nn.Module):
         return h * jax.lax.rsqrt(jnp.sum(jnp.square(h), axis=0, keepdims=True) + 1e-12)
 
 
-class LongConvMixer(nn.Module):
+class LongConvMixer(MixerBase):
     """Gated implicit long convolution (Hyena-style): out(C * (h conv (B*x) + D * B*x)), by FFT.
 
     The filter is generated for max_len taps and sliced to the input length. Differential: two

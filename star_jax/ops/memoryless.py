@@ -7,9 +7,8 @@ from __future__ import annotations
 import chex
 import flax.linen as nn
 import jax
-import jax.numpy as jnp
 
-from star_jax.ops.groups import resolve_groups
+from star_jax.ops.base import StatelessFeaturizer, StatelessMixer
 from star_jax.ops.differential import DiffLambda, diff_combine
 from star_jax.ops.primitives import rows
 
@@ -21,7 +20,7 @@ def _check_activation(activation: str, who: str) -> None:
         raise ValueError(f"{who}: activation must be one of {tuple(ACTIVATIONS)}, got {activation!r}")
 
 
-class GLUFeaturizer(nn.Module):
+class GLUFeaturizer(StatelessFeaturizer):
     """Featurizer of the gated linear unit: gate and value projections Linear(width -> hidden).
 
     Attributes:
@@ -31,7 +30,7 @@ class GLUFeaturizer(nn.Module):
       differential: two gates (gate1, gate2) and one shared value.
 
     Groups: gate, value (differential gate1, gate2, value), each a bias-free Linear named by the
-    group, created only when computed. Nothing is shareable.
+    group, created only when computed. Nothing is shareable; no decode state.
     """
 
     width: int
@@ -52,7 +51,7 @@ class GLUFeaturizer(nn.Module):
     @nn.nowrap
     def _resolve(self, groups) -> tuple[str, ...]:
         _check_activation(self.activation, type(self).__name__)
-        return resolve_groups(groups, self.groups(), "GLUFeaturizer")
+        return super()._resolve(groups)
 
     @nn.compact
     def __call__(self, h: jax.Array, groups: tuple[str, ...] | None = None) -> dict[str, jax.Array]:
@@ -70,27 +69,13 @@ class GLUFeaturizer(nn.Module):
             for g in self._resolve(groups)
         }
 
-    def step(self, h_t: jax.Array, state: dict, groups: tuple[str, ...] | None = None):
-        """One token: (features [batch, hidden], state unchanged)."""
-        return self(h_t, groups), state
-
-    @nn.nowrap
-    def init_state(self, batch: int, groups=None, dtype=jnp.float32) -> dict:
-        """No state: {}."""
-        return {}
-
     @nn.nowrap
     def param_count(self, groups=None) -> int:
         """Analytic number of parameters created when computing `groups` (None = all)."""
         return len(self._resolve(groups)) * self.width * self.hidden
 
-    @nn.nowrap
-    def state_elems(self, groups=None) -> int:
-        """Featurizer state size per sequence: 0."""
-        return 0
 
-
-class GLUMixer(nn.Module):
+class GLUMixer(StatelessMixer):
     """Gated linear unit: out(act(gate) * value) (SwiGLU for activation="swish").
 
     Differential: out((act(gate1) - lambda * act(gate2)) * value), lambda learnable.
@@ -131,24 +116,10 @@ class GLUMixer(nn.Module):
             gate = act(feats["gate"])
         return rows(self.out, gate * feats["value"])
 
-    def step(self, feats_t: dict[str, jax.Array], state: dict):
-        """One token: (y_t [batch, width], state unchanged)."""
-        return self(feats_t), state
-
-    @nn.nowrap
-    def init_state(self, batch: int, max_len: int = 0, dtype=jnp.float32) -> dict:
-        """No state: {}."""
-        return {}
-
     @nn.nowrap
     def param_count(self) -> int:
         """Analytic parameter count."""
         return self.hidden * self.width + (DiffLambda.count(self.width) if self.differential else 0)
-
-    @nn.nowrap
-    def state_elems(self, seq_len: int = 0) -> int:
-        """Decode state per sequence: 0."""
-        return 0
 
 
 __all__ = ["GLUFeaturizer", "GLUMixer", "ACTIVATIONS"]

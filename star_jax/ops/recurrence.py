@@ -13,7 +13,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from star_jax.ops.groups import branch_suffixes, resolve_groups
+from star_jax.ops.base import MixerBase, StatelessFeaturizer
+from star_jax.ops.groups import branch_suffixes
 from star_jax.ops.differential import DiffLambda, diff_combine
 from star_jax.ops.primitives import rows
 
@@ -186,7 +187,7 @@ def _s4d_real_init(key, shape, dtype=jnp.float32):
 
 
 
-class RecurrenceFeaturizer(nn.Module):
+class RecurrenceFeaturizer(StatelessFeaturizer):
     """Featurizer of the selective SSM: value x, output gate z, and the input-varying B, C, dt.
 
     Attributes:
@@ -197,6 +198,7 @@ class RecurrenceFeaturizer(nn.Module):
     Groups (each a Linear of h named by the group; only computed groups get parameters):
       x: [..., d] value; z: [..., d] output gate; b, c: [..., e]; dt: [..., d] =
       softplus(Linear(h) + bias), bias initialised so dt is log-uniform in [1e-3, 1e-1].
+    No decode state: the featurizer is memoryless.
     """
 
     width: int
@@ -232,7 +234,7 @@ class RecurrenceFeaturizer(nn.Module):
         """
         chex.assert_axis_dimension(h, -1, self.width)
         feats = {}
-        for g in resolve_groups(groups, self.groups(), type(self).__name__):
+        for g in self._resolve(groups):
             size, has_bias = self._group_shape(g)
             if g.startswith("dt"):
                 dense = nn.Dense(
@@ -248,31 +250,17 @@ class RecurrenceFeaturizer(nn.Module):
                 feats[g] = rows(dense, h)
         return feats
 
-    def step(self, h_t: jax.Array, state: dict, groups: tuple[str, ...] | None = None):
-        """One token: (features [batch, ...], state unchanged) -- the featurizer is memoryless."""
-        return self(h_t, groups), state
-
-    @nn.nowrap
-    def init_state(self, batch: int, groups=None, dtype=jnp.float32) -> dict:
-        """The featurizer holds no state: {}."""
-        return {}
-
     @nn.nowrap
     def param_count(self, groups=None) -> int:
         """Analytic number of parameters created when computing `groups` (None = all)."""
         total = 0
-        for g in resolve_groups(groups, self.groups(), type(self).__name__):
+        for g in self._resolve(groups):
             size, has_bias = self._group_shape(g)
             total += self.width * size + (size if has_bias else 0)
         return total
 
-    @nn.nowrap
-    def state_elems(self, groups=None) -> int:
-        """Featurizer state size per sequence: 0."""
-        return 0
 
-
-class RecurrenceMixer(nn.Module):
+class RecurrenceMixer(MixerBase):
     """Selective diagonal SSM (S6) mixer.
 
     Per channel i and state n: A = -exp(A_log) [d, e] (S4D-real init), and

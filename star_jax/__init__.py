@@ -21,7 +21,7 @@ from star_jax.genome import (
 # name -> (module, attribute or None for the module itself). `star_jax.train` and
 # `star_jax.evolve` are packages that are also callables (sj.train(...), sj.evolve(...)).
 _LAZY = {
-    "ModelConfig": ("star_jax.model", "ModelConfig"), "ConfigError": ("star_jax.model", "ConfigError"),
+    "ModelConfig": ("star_jax.model", "ModelConfig"), "ConfigError": ("star_jax._util.validate", "ConfigError"),
     "build_model": ("star_jax.model", "build_model"), "StarModel": ("star_jax.model", "StarModel"),
     "compile_genome": ("star_jax.model", "compile_genome"), "generate": ("star_jax.model", "generate"),
     "param_count": ("star_jax.metrics", "param_count"), "cache_bytes": ("star_jax.metrics", "cache_bytes"),

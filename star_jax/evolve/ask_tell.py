@@ -10,8 +10,10 @@ from typing import Callable
 
 import numpy as np
 
+from star_jax._util.validate import Fields
 from star_jax.evolve.nsga2 import (
     _as_matrix,
+    check_options,
     rank_and_crowding,
     select_survivors,
     selection_order,
@@ -189,32 +191,16 @@ class NSGA2:
     duplicate_retries: int = 0
 
     def __post_init__(self):
-        def bad(what):
-            raise ValueError(f"NSGA2: {what}")
-
-        if int(self.pop_size) < 1:
-            bad(f"pop_size must be >= 1, got {self.pop_size}")
-        if int(self.n_objectives) < 1:
-            bad(f"n_objectives must be >= 1, got {self.n_objectives}")
-        if not 0.0 <= float(self.mutation_prob) <= 1.0:
-            bad(f"mutation_prob must be in [0, 1], got {self.mutation_prob}")
-        if not 0.0 <= float(self.crossover_prob) <= 1.0:
-            bad(f"crossover_prob must be in [0, 1], got {self.crossover_prob}")
-        if int(self.crossover_points) < 0:
-            bad(f"crossover_points must be >= 0, got {self.crossover_points}")
-        if not 0 <= int(self.elitism) <= int(self.pop_size):
-            bad(f"elitism must be in [0, pop_size={self.pop_size}], got {self.elitism}")
-        if int(self.tournament_size) < 1:
-            bad(f"tournament_size must be >= 1, got {self.tournament_size}")
-        if self.n_offspring is not None and int(self.n_offspring) < 1:
-            bad(f"n_offspring must be >= 1 or None, got {self.n_offspring}")
-        if int(self.duplicate_retries) < 0:
-            bad(f"duplicate_retries must be >= 0, got {self.duplicate_retries}")
+        check = Fields("NSGA2", self, integral=True)
+        check.int("pop_size", lo=1)
+        check.int("n_objectives", lo=1)
+        check_options(check, int(self.pop_size))
         if self.mutate is None:
-            bad("pass mutate=... (the genome package's mutation, or uniform_mutation(low, high))")
+            check.fail("mutate", "a callable: pass mutate=... (the genome package's mutation, or "
+                       "uniform_mutation(low, high))")
         for name in ("mutate", "crossover", "repair"):
             if not callable(getattr(self, name)):
-                bad(f"{name} must be callable, got {type(getattr(self, name)).__name__}")
+                check.fail(name, "a callable")
 
     # ------------------------------------------------------------------ init
     def init(self, rng: int | np.random.Generator, initial_population) -> NSGA2State:

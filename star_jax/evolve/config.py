@@ -8,7 +8,9 @@ import math
 import os
 from typing import Any, Mapping
 
-from star_jax.evolve.objectives import Constraint, get_objective
+from star_jax._util.validate import ConfigError, Fields, is_real, unknown_fields
+from star_jax.evolve.nsga2 import OPTION_DEFAULTS, check_options
+from star_jax.evolve.objectives import Constraint, get_objective, objective_names
 from star_jax.model.config import ModelConfig
 from star_jax.train.config import TrainConfig
 
@@ -28,16 +30,10 @@ minutes to compile on CPU. On GPU/TPU the choice is not measured yet: ``benchmar
 times all three."""
 
 
-class ConfigFieldError(ValueError):
-    """An evolution config field is unknown or has an invalid value (the message names it)."""
-
-
-def _is_int(v: Any) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
-
-
-def _is_real(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool)
+class ConfigFieldError(ConfigError):
+    """An evolution config field is unknown or has an invalid value: a `ConfigError` whose
+    ``field_path`` starts at ``EvolveConfig`` (``EvolveConfig.train.lr`` for an error of the
+    nested ``TrainConfig``, ``EvolveConfig.task.seq_len`` for one of the task config)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -60,10 +56,20 @@ class EvolveConfig:
             evaluates ``generations + 1`` batches of genomes.
         mutation_prob: per-gene mutation probability (paper: 0.1).
         crossover_points: cut points of the k-point crossover (paper: 2).
-        elitism: best parents that always survive (paper: 2).
+        elitism: best parents that always survive (paper: 2), in [0, pop_size].
+        tournament_size: contestants per parent tournament (2: binary tournament, the paper's).
+        crossover_prob: probability that a pair of parents is crossed (else copied) before
+            mutation, in [0, 1] (1: always, the paper's).
+        n_offspring: offspring bred per generation, >= 1; null breeds pop_size (the paper's).
+        merge_parents: true (NSGA-II): survivors are chosen from parents + offspring; false:
+            generational replacement, survivors are chosen from offspring + the elites.
+        duplicate_retries: times a child equal to a population member or an earlier child of
+            the same generation is bred again (0: keep duplicates; they cost no training, the
+            archive serves them).
         objectives: registered objective names, all minimised (see ``objective_names()``).
-        constraints: ``({"objective": name, "max_value": float}, ...)`` upper bounds, handled
-            feasibility-first.
+        constraints: upper bounds on objectives, handled feasibility-first: ``Constraint``
+            objects, or ``{"objective": name, "max_value": number}`` mappings (as in JSON), held
+            as ``Constraint`` objects.
         cache_seq_len: sequence length at which the ``cache_bytes`` objective is counted.
         cache_bytes_per_elem: bytes per cache element (2: 16-bit).
         seed: seed of the evolution (initial population, variation); training uses ``train.seed``.
@@ -89,11 +95,16 @@ class EvolveConfig:
     n_liv: int = 24
     pop_size: int = 16
     generations: int = 18
-    mutation_prob: float = 0.1
-    crossover_points: int = 2
-    elitism: int = 2
+    mutation_prob: float = OPTION_DEFAULTS["mutation_prob"]
+    crossover_points: int = OPTION_DEFAULTS["crossover_points"]
+    elitism: int = OPTION_DEFAULTS["elitism"]
+    tournament_size: int = OPTION_DEFAULTS["tournament_size"]
+    crossover_prob: float = OPTION_DEFAULTS["crossover_prob"]
+    n_offspring: int | None = OPTION_DEFAULTS["n_offspring"]
+    merge_parents: bool = OPTION_DEFAULTS["merge_parents"]
+    duplicate_retries: int = OPTION_DEFAULTS["duplicate_retries"]
     objectives: tuple[str, ...] = ("error", "cache_bytes")
-    constraints: tuple[Mapping[str, Any], ...] = ()
+    constraints: tuple[Constraint, ...] = ()
     cache_seq_len: int = 4096
     cache_bytes_per_elem: int = 2
     seed: int = 0
@@ -106,84 +117,99 @@ class EvolveConfig:
     latency_tokens: int = 32
 
     def __post_init__(self) -> None:
-        def fail(name: str, valid: str) -> None:
-            raise ConfigFieldError(f"EvolveConfig.{name} = {getattr(self, name)!r} is invalid: expected {valid}")
-
-        if not isinstance(self.model, ModelConfig):
-            fail("model", "a ModelConfig")
-        if not isinstance(self.train, TrainConfig):
-            fail("train", "a TrainConfig")
+        check = Fields("EvolveConfig", self, error=ConfigFieldError)
+        check.instance("model", ModelConfig)
+        check.instance("train", TrainConfig)
         if not isinstance(self.task, Mapping) or not isinstance(self.task.get("name"), str):
-            fail("task", 'a mapping {"name": task name, **task fields}')
+            check.fail("task", 'a mapping {"name": task name, **task fields}')
         object.__setattr__(self, "task", dict(self.task))
         for name, lo in (("train_seeds", 1), ("n_liv", 1), ("pop_size", 2), ("generations", 0),
-                         ("crossover_points", 0), ("elitism", 0), ("cache_seq_len", 1), ("cache_bytes_per_elem", 1),
-                         ("latency_tokens", 1)):
-            if not _is_int(getattr(self, name)) or getattr(self, name) < lo:
-                fail(name, f"an integer >= {lo}")
-        if self.elitism > self.pop_size:
-            fail("elitism", f"an integer in [0, pop_size={self.pop_size}]")
-        if not _is_int(self.seed) or not 0 <= self.seed < 2**32:
-            fail("seed", "an integer in [0, 2**32)")
-        if not _is_real(self.mutation_prob) or not 0.0 <= self.mutation_prob <= 1.0:
-            fail("mutation_prob", "a number in [0, 1]")
-        if self.strategy not in STRATEGIES:
-            fail("strategy", f"one of {list(STRATEGIES)}")
+                         ("cache_seq_len", 1), ("cache_bytes_per_elem", 1), ("latency_tokens", 1)):
+            check.int(name, lo=lo)
+        check_options(check, self.pop_size)
+        check.int("seed", lo=0, hi=2**32 - 1, accepted="an integer in [0, 2**32)")
+        check.choice("strategy", STRATEGIES)
         for name in ("seed_baselines", "baselines", "measure_latency"):
-            if not isinstance(getattr(self, name), bool):
-                fail(name, "true or false")
+            check.bool(name)
         objectives = tuple(self.objectives) if isinstance(self.objectives, (list, tuple)) else None
         if not objectives or len(set(objectives)) != len(objectives):
-            fail("objectives", "a non-empty list of distinct objective names")
-        for name in objectives:
+            check.fail("objectives", "a non-empty list of distinct objective names")
+        for i, name in enumerate(objectives):
             try:
                 get_objective(name)
-            except KeyError as e:
-                raise ConfigFieldError(f"EvolveConfig.objectives: {e.args[0]}") from None
+            except (KeyError, TypeError) as e:
+                check.fail_reason(f"objectives[{i}]", e.args[0] if isinstance(e, KeyError) else str(e),
+                                  value=name, accepted=f"one of {objective_names()}")
         object.__setattr__(self, "objectives", objectives)
-        constraints = []
-        for c in self.constraints if isinstance(self.constraints, (list, tuple)) else [None]:
-            if isinstance(c, Constraint):
-                c = {"objective": c.objective_name, "max_value": c.max_value}
-            if not isinstance(c, Mapping) or set(c) != {"objective", "max_value"}:
-                fail("constraints", 'a list of {"objective": name, "max_value": number}')
-            try:
-                Constraint(c["objective"], float(c["max_value"]))
-            except (KeyError, ValueError, TypeError) as e:
-                raise ConfigFieldError(f"EvolveConfig.constraints: {e.args[0] if e.args else e}") from None
-            constraints.append({"objective": c["objective"], "max_value": float(c["max_value"])})
-        object.__setattr__(self, "constraints", tuple(constraints))
+        object.__setattr__(self, "constraints", self._check_constraints(check))
         if not isinstance(self.seed_genomes, (list, tuple)) or not all(isinstance(s, str) for s in self.seed_genomes):
-            fail("seed_genomes", "a list of genome texts")
+            check.fail("seed_genomes", "a list of genome texts")
         object.__setattr__(self, "seed_genomes", tuple(self.seed_genomes))
-        self._check_seed_genomes()
+        self._check_seed_genomes(check)
         if self.reference_point is not None:
             ref = self.reference_point
             if (not isinstance(ref, (list, tuple)) or len(ref) != len(objectives)
-                    or not all(_is_real(x) and math.isfinite(x) for x in ref)):
-                fail("reference_point", f"null or {len(objectives)} finite numbers (one per objective)")
+                    or not all(is_real(x) and math.isfinite(x) for x in ref)):
+                check.fail("reference_point", f"null or {len(objectives)} finite numbers (one per objective)")
             object.__setattr__(self, "reference_point", tuple(float(x) for x in ref))
 
-    def _check_seed_genomes(self) -> None:
+    def _check_constraints(self, check: Fields) -> tuple[Constraint, ...]:
+        """The constraints as ``Constraint`` objects (mappings converted), each checked."""
+        shape = '{"objective": name, "max_value": number}'
+        if not isinstance(self.constraints, (list, tuple)):
+            check.fail("constraints", f"a list of {shape}")
+        out = []
+        for i, c in enumerate(self.constraints):
+            where = f"constraints[{i}]"
+            if isinstance(c, Constraint):
+                name, max_value = c.objective_name, c.max_value
+            elif isinstance(c, Mapping) and set(c) == {"objective", "max_value"}:
+                name, max_value = c["objective"], c["max_value"]
+            else:
+                check.fail(where, f"a Constraint or a mapping {shape}", value=c)
+            try:
+                get_objective(name)
+            except (KeyError, TypeError) as e:
+                check.fail_reason(f"{where}.objective", e.args[0] if isinstance(e, KeyError) else str(e),
+                                  value=name, accepted=f"one of {objective_names()}")
+            try:
+                max_value = float(max_value)
+            except (TypeError, ValueError):
+                check.fail(f"{where}.max_value", "a finite number", value=max_value)
+            if not math.isfinite(max_value):
+                check.fail(f"{where}.max_value", "a finite number", value=max_value)
+            out.append(Constraint(name, max_value))
+        return tuple(out)
+
+    def _check_seed_genomes(self, check: Fields) -> None:
         """Each seed genome parses, is valid and has ``n_liv`` LIVs (checked before a run writes anything)."""
         from star_jax.genome import Genome, GenomeError
 
+        accepted = f"a valid genome text of n_liv = {self.n_liv} LIVs"
         for i, text in enumerate(self.seed_genomes):
-            where = f"EvolveConfig.seed_genomes[{i}] = {text!r}"
+            name = f"seed_genomes[{i}]"
+            where = f"EvolveConfig.{name} = {text!r}"
             try:
                 g = Genome.from_string(text).validate()
             except GenomeError as e:
-                raise ConfigFieldError(f"{where} is not a valid genome: {e}") from None
+                check.fail(name, accepted, value=text, message=f"{where} is not a valid genome: {e}")
             if len(g) != self.n_liv:
-                raise ConfigFieldError(f"{where} has {len(g)} LIVs; this run's backbones have "
-                                       f"n_liv = {self.n_liv}")
+                check.fail(name, accepted, value=text,
+                           message=f"{where} has {len(g)} LIVs; this run's backbones have n_liv = {self.n_liv}")
 
     # ------------------------------------------------------------------ derived objects
     def constraint_objects(self) -> tuple[Constraint, ...]:
         """Returns:
-        The constraints as ``Constraint`` objects.
+        The constraints (``Constraint`` objects; the same as ``constraints``).
         """
-        return tuple(Constraint(c["objective"], c["max_value"]) for c in self.constraints)
+        return self.constraints
+
+    def nsga2_options(self) -> dict[str, Any]:
+        """Returns:
+        The NSGA-II settings of this run as keyword arguments of
+        ``star_jax.evolve.ask_tell.NSGA2`` (every name of ``nsga2.OPTION_DEFAULTS``).
+        """
+        return {name: getattr(self, name) for name in OPTION_DEFAULTS}
 
     def make_task(self):
         """Builds the fitness task and checks the model config fits it.
@@ -197,19 +223,21 @@ class EvolveConfig:
         """
         from star_jax import tasks
 
+        check = Fields("EvolveConfig", error=ConfigFieldError)
         fields = {k: v for k, v in self.task.items() if k != "name"}
         try:
             task = tasks.make(self.task["name"], **fields)
         except KeyError as e:
-            raise ConfigFieldError(f"EvolveConfig.task: {e.args[0]}") from None
+            check.fail_reason("task.name", e.args[0], value=self.task["name"],
+                              accepted=f"one of {list(tasks.task_names())}")
+        except ConfigError as e:
+            raise e.within("EvolveConfig.task", ConfigFieldError) from None
         except ValueError as e:
-            raise ConfigFieldError(f"EvolveConfig.task: {e}") from None
-        if self.model.vocab_size < task.vocab_size:
-            raise ConfigFieldError(f"EvolveConfig.model.vocab_size = {self.model.vocab_size} is smaller than "
-                                   f"the task's vocabulary {task.vocab_size}")
-        if self.model.max_len < task.seq_len:
-            raise ConfigFieldError(f"EvolveConfig.model.max_len = {self.model.max_len} is shorter than the "
-                                   f"task's sequence length {task.seq_len}")
+            check.fail_reason("task", str(e), value=self.task)
+        check.int("model.vocab_size", lo=task.vocab_size, value=self.model.vocab_size,
+                  accepted=f"an integer >= {task.vocab_size} (the task's vocabulary)")
+        check.int("model.max_len", lo=task.seq_len, value=self.model.max_len,
+                  accepted=f"an integer >= {task.seq_len} (the task's sequence length)")
         return task
 
     def needs_latency(self) -> bool:
@@ -217,7 +245,7 @@ class EvolveConfig:
         Whether decode latency is measured (toggle on, or a latency objective/constraint).
         """
         return (self.measure_latency or "latency" in self.objectives
-                or any(c["objective"] == "latency" for c in self.constraints))
+                or any(c.objective_name == "latency" for c in self.constraints))
 
     # ------------------------------------------------------------------ JSON
     @classmethod
@@ -239,7 +267,7 @@ class EvolveConfig:
             elif name in ("task",):
                 v = dict(v)
             elif name in ("constraints",):
-                v = [dict(c) for c in v]
+                v = [{"objective": c.objective_name, "max_value": c.max_value} for c in v]
             elif isinstance(v, tuple):
                 v = list(v)
             out[name] = v
@@ -261,22 +289,28 @@ class EvolveConfig:
             ConfigFieldError: an unknown key (the message lists the valid ones) or a bad value.
         """
         if not isinstance(data, Mapping):
-            raise ConfigFieldError(f"an evolution config must be a JSON object, got {type(data).__name__}")
+            raise ConfigFieldError(f"an evolution config must be a JSON object, got {type(data).__name__}",
+                                   field_path="EvolveConfig", value=data, accepted="a JSON object")
         data = _drop_comments(data)
         for name in ("model", "train", "task"):
             if isinstance(data.get(name), Mapping):
                 data[name] = _drop_comments(data[name])
-        unknown = sorted(set(data) - set(cls.field_names()))
-        if unknown:
-            raise ConfigFieldError(f"unknown EvolveConfig field(s) {unknown}; valid fields: {list(cls.field_names())}")
+        error = unknown_fields("EvolveConfig", data, cls.field_names(), ConfigFieldError)
+        if error is not None:
+            raise error
         kwargs = dict(data)
-        try:
-            if "model" in kwargs and not isinstance(kwargs["model"], ModelConfig):
-                kwargs["model"] = ModelConfig.from_dict(kwargs["model"])
-            if "train" in kwargs and not isinstance(kwargs["train"], TrainConfig):
-                kwargs["train"] = TrainConfig.from_dict(kwargs["train"])
-        except (ValueError, TypeError) as e:
-            raise ConfigFieldError(str(e)) from None
+        for name, sub in (("model", ModelConfig), ("train", TrainConfig)):
+            if name in kwargs and not isinstance(kwargs[name], sub):
+                if not isinstance(kwargs[name], Mapping):
+                    Fields("EvolveConfig", error=ConfigFieldError).fail(
+                        name, f"a {sub.__name__} or a mapping of its fields", value=kwargs[name])
+                try:
+                    kwargs[name] = sub.from_dict(kwargs[name])
+                except ConfigError as e:
+                    raise e.within(f"EvolveConfig.{name}", ConfigFieldError) from None
+                except TypeError as e:
+                    raise ConfigFieldError(field_path=f"EvolveConfig.{name}", value=kwargs[name],
+                                           reason=str(e)) from None
         for name in ("objectives", "seed_genomes", "constraints", "reference_point"):
             if isinstance(kwargs.get(name), list):
                 kwargs[name] = tuple(kwargs[name])
@@ -301,7 +335,8 @@ class EvolveConfig:
         try:
             data = json.loads(text)
         except json.JSONDecodeError as e:
-            raise ConfigFieldError(f"config is not valid JSON: {e}") from None
+            raise ConfigFieldError(f"config is not valid JSON: {e}", field_path="EvolveConfig",
+                                   accepted="a JSON object") from None
         return cls.from_dict(data)
 
     @classmethod
@@ -318,7 +353,8 @@ class EvolveConfig:
             with open(path, encoding="utf-8") as f:
                 text = f.read()
         except OSError as e:
-            raise ConfigFieldError(f"cannot read config file {path}: {e.strerror}") from None
+            raise ConfigFieldError(f"cannot read config file {path}: {e.strerror}", field_path="EvolveConfig",
+                                   accepted="a readable JSON file") from None
         return cls.from_json(text)
 
     def replace(self, **changes: Any) -> "EvolveConfig":
@@ -403,7 +439,8 @@ def preset(name: str) -> EvolveConfig:
         ConfigFieldError: unknown preset name.
     """
     if name not in PRESETS:
-        raise ConfigFieldError(f"unknown preset {name!r}; presets: {', '.join(PRESETS)}")
+        raise ConfigFieldError(f"unknown preset {name!r}; presets: {', '.join(PRESETS)}", field_path="preset",
+                               value=name, accepted=f"one of {list(PRESETS)}")
     return PRESETS[name][1]()
 
 

@@ -23,9 +23,15 @@ Generic over candidates: everything works on an objective matrix (all objectives
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
+from star_jax._util.validate import Fields
+
 __all__ = [
+    "OPTION_DEFAULTS",
+    "check_options",
     "sanitize_objectives",
     "total_violation",
     "dominance_matrix",
@@ -37,6 +43,43 @@ __all__ = [
     "tournament_select",
     "select_survivors",
 ]
+
+
+OPTION_DEFAULTS: dict[str, Any] = {
+    "mutation_prob": 0.1,
+    "crossover_points": 2,
+    "elitism": 2,
+    "tournament_size": 2,
+    "crossover_prob": 1.0,
+    "n_offspring": None,
+    "merge_parents": True,
+    "duplicate_retries": 0,
+}
+"""The NSGA-II settings a run can choose and their defaults (the paper's: mutation 0.1, 2-point
+crossover always applied, 2 elites, binary tournaments, pop_size offspring merged with their
+parents, duplicates kept). ``star_jax.evolve.ask_tell.NSGA2`` and ``EvolveConfig`` hold them."""
+
+
+def check_options(check: Fields, pop_size: int) -> None:
+    """Validates the NSGA-II settings of one holder (`NSGA2` or `EvolveConfig`) by one set of rules.
+
+    Arguments:
+        check: the holder's validators (they read each setting by its name in `OPTION_DEFAULTS`
+            and raise the holder's `ConfigError`, naming ``<holder>.<setting>``).
+        pop_size: the holder's population size (already validated).
+
+    Raises:
+        ConfigError: a setting outside its range (the message names it and the range).
+    """
+    check.real("mutation_prob", 0, 1)
+    check.real("crossover_prob", 0, 1)
+    check.int("crossover_points", lo=0)
+    check.int("elitism", lo=0, hi=pop_size, accepted=f"an integer in [0, pop_size={pop_size}]")
+    check.int("tournament_size", lo=1)
+    if check.obj.n_offspring is not None:
+        check.int("n_offspring", lo=1, accepted="an integer >= 1, or None (JSON null) for pop_size")
+    check.bool("merge_parents")
+    check.int("duplicate_retries", lo=0)
 
 
 def _as_matrix(objectives) -> np.ndarray:

@@ -8,9 +8,9 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Mapping
 
+from star_jax._util.validate import ConfigError, Fields, unknown_fields
 
-class ConfigError(ValueError):
-    """A configuration field has an invalid value, or cannot fit a genome."""
+__all__ = ["ModelConfig", "ConfigError"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -41,18 +41,17 @@ class ModelConfig:
     embed_init_std: float = 0.02
 
     def __post_init__(self):
+        check = Fields("ModelConfig", self)
         for name in ("width", "vocab_size", "max_len", "head_dim", "window"):
-            v = getattr(self, name)
-            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
-                raise ConfigError(f"ModelConfig.{name} must be a positive integer, got {v!r}")
+            check.int(name, lo=1)
         if self.width % self.head_dim:
-            raise ConfigError(f"ModelConfig.width ({self.width}) must be divisible by head_dim ({self.head_dim})")
+            check.fail("width", f"an integer divisible by head_dim ({self.head_dim})")
         if self.head_dim % 2:
-            raise ConfigError(f"ModelConfig.head_dim must be even for rotary embeddings, got {self.head_dim}")
-        if self.scan_impl not in ("scan", "associative"):
-            raise ConfigError(f"ModelConfig.scan_impl must be 'scan' or 'associative', got {self.scan_impl!r}")
-        if not self.norm_eps > 0:
-            raise ConfigError(f"ModelConfig.norm_eps must be > 0, got {self.norm_eps!r}")
+            check.fail("head_dim", "an even integer >= 2 (rotary embeddings rotate pairs of channels)")
+        check.choice("scan_impl", ("scan", "associative"))
+        check.real("norm_eps", lo=0, lo_open=True)
+        check.real("rope_base", lo=0, lo_open=True)
+        check.real("embed_init_std", lo=0)
 
     @property
     def n_heads(self) -> int:
@@ -64,8 +63,7 @@ class ModelConfig:
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "ModelConfig":
         """Build from a mapping; unknown keys are an error (never silently dropped)."""
-        valid = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - valid)
-        if unknown:
-            raise ConfigError(f"unknown ModelConfig field(s) {unknown}; valid fields: {sorted(valid)}")
+        error = unknown_fields("ModelConfig", d, sorted(f.name for f in dataclasses.fields(cls)))
+        if error is not None:
+            raise error
         return cls(**dict(d))

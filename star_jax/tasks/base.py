@@ -11,6 +11,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from star_jax._util.validate import ConfigError, Fields, unknown_fields
+
 IGNORE_INDEX = -100
 """Target of positions that carry no loss and no accuracy (PyTorch's convention, as in MAD)."""
 
@@ -19,18 +21,20 @@ _TEST_STREAM = 1
 _MAP_STREAM = 2  # fixed per-task structures drawn from the seed (the memorization map)
 
 
-class TaskConfigError(ValueError):
+class TaskConfigError(ConfigError):
     """A task configuration is invalid: names the field, the value and what would be valid.
+
+    A `ConfigError` (so a ``ValueError``); ``TaskConfigError(message, field=..., value=...)``
+    still builds one from a plain message.
 
     Attributes:
         field: the offending field name (or unknown keyword).
         value: the offending value.
+        field_path, accepted: see `ConfigError`.
     """
 
-    def __init__(self, message: str, *, field: str | None = None, value: Any = None):
-        super().__init__(message)
-        self.field = field
-        self.value = value
+    def __init__(self, message: str | None = None, *, field: str | None = None, value: Any = None):
+        super().__init__(message, field_path=field, value=value)
 
 
 def config_error(config_cls: type | str, field: str, value: Any, valid: str) -> TaskConfigError:
@@ -40,14 +44,19 @@ def config_error(config_cls: type | str, field: str, value: Any, valid: str) -> 
         config_cls: the config class (or its name) the field belongs to.
         field: the field name.
         value: the rejected value.
-        valid: a phrase saying what would be valid.
+        valid: what would be valid (``"an even integer >= 4"``), or why the value fails
+            (``"no such file"``).
 
     Returns:
         The error (to be raised by the caller).
     """
     name = config_cls if isinstance(config_cls, str) else config_cls.__name__
-    return TaskConfigError(f"{name}.{field} = {value!r} is invalid: {valid}",
-                           field=field, value=value)
+    return _task_fields(name).error_for(field, valid, value=value)
+
+
+def _task_fields(owner: str, obj: Any = None) -> Fields:
+    """The validators of a task config: they raise `TaskConfigError` and accept numpy numbers."""
+    return Fields(owner, obj, error=TaskConfigError, integral=True)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -74,12 +83,9 @@ class TaskConfig:
 
     def __new__(cls, *args, **kwargs):
         # direct construction rejects unknown keys with the same readable error as from_kwargs
-        valid = cls.field_names()
-        for key in kwargs:
-            if key not in valid:
-                raise TaskConfigError(
-                    f"{cls.__name__} has no field {key!r}; valid fields are: {', '.join(valid)}",
-                    field=key, value=kwargs[key])
+        error = unknown_fields(cls.__name__, kwargs, cls.field_names(), TaskConfigError)
+        if error is not None:
+            raise error
         return super().__new__(cls)
 
     def __post_init__(self):
@@ -111,22 +117,17 @@ class TaskConfig:
         Raises:
             TaskConfigError: on an unknown key or an invalid value.
         """
-        valid = cls.field_names()
-        for key in kwargs:
-            if key not in valid:
-                raise TaskConfigError(
-                    f"{cls.__name__} has no field {key!r}; valid fields are: {', '.join(valid)}",
-                    field=key, value=kwargs[key])
+        error = unknown_fields(cls.__name__, kwargs, cls.field_names(), TaskConfigError)
+        if error is not None:
+            raise error
         return cls(**kwargs)
 
     def replace(self, **changes):
         """A copy with some fields changed (validated; unknown keys rejected)."""
         merged = {f: getattr(self, f) for f in self.field_names()}
-        for key in changes:
-            if key not in merged:
-                raise TaskConfigError(
-                    f"{type(self).__name__} has no field {key!r}; valid fields are: "
-                    f"{', '.join(merged)}", field=key, value=changes[key])
+        error = unknown_fields(type(self).__name__, changes, merged, TaskConfigError)
+        if error is not None:
+            raise error
         merged.update(changes)
         return type(self)(**merged)
 
@@ -135,36 +136,26 @@ class TaskConfig:
         return {f: getattr(self, f) for f in self.field_names()}
 
     # --- validation helpers ---------------------------------------------------------------
-    def _fail(self, field: str, valid: str):
-        raise config_error(type(self), field, getattr(self, field), valid)
+    def _fields(self) -> Fields:
+        return _task_fields(type(self).__name__, self)
 
-    def _check_int(self, field: str, lo: int | None = None, hi: int | None = None):
-        value = getattr(self, field)
-        if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
-            self._fail(field, "expected an integer")
-        object.__setattr__(self, field, operator.index(value))
-        value = getattr(self, field)
-        if lo is not None and value < lo:
-            self._fail(field, f"must be >= {lo}")
-        if hi is not None and value > hi:
-            self._fail(field, f"must be <= {hi}")
+    def _fail(self, field: str, accepted: str):
+        """Raises `TaskConfigError` for ``field`` (its current value); ``accepted`` says what
+        would be valid."""
+        self._fields().fail(field, accepted)
 
-    def _check_float(self, field: str, lo: float, hi: float, hi_open: bool = True):
-        value = getattr(self, field)
-        numeric = (int, float, np.integer, np.floating)
-        if isinstance(value, (bool, np.bool_)) or not isinstance(value, numeric):
-            self._fail(field, "expected a number")
-        value = float(value)
-        object.__setattr__(self, field, value)
-        ok = lo <= value < hi if hi_open else lo <= value <= hi
-        if not ok or not np.isfinite(value):
-            self._fail(field, f"must lie in [{lo}, {hi}{')' if hi_open else ']'}")
+    def _check_int(self, field: str, lo: int | None = None, hi: int | None = None, accepted: str | None = None):
+        """An integer (numpy too) in [lo, hi]; stored back as a Python int."""
+        object.__setattr__(self, field, self._fields().int(field, lo, hi, accepted=accepted))
+
+    def _check_float(self, field: str, lo: float, hi: float, hi_open: bool = True, lo_open: bool = False):
+        """A finite number in [lo, hi) (or [lo, hi], (lo, hi]); stored back as a Python float."""
+        value = self._fields().real(field, lo, hi, lo_open=lo_open, hi_open=hi_open)
+        object.__setattr__(self, field, float(value))
 
     def _check_bool(self, field: str):
-        value = getattr(self, field)
-        if not isinstance(value, (bool, np.bool_)):
-            self._fail(field, "expected True or False")
-        object.__setattr__(self, field, bool(value))
+        """True or False (numpy too); stored back as a Python bool."""
+        object.__setattr__(self, field, self._fields().bool(field))
 
 
 def draw_bits(key: jax.Array, sizes: tuple[int, ...] | list[int]) -> list[jax.Array]:
@@ -517,9 +508,8 @@ def make(name: str, config: Any = None, **config_fields) -> Task:
         config = entry.config_cls.from_kwargs(**config_fields)
     else:
         if not isinstance(config, entry.config_cls):
-            raise TaskConfigError(
-                f"config for task {name!r} must be a {entry.config_cls.__name__}, "
-                f"got {type(config).__name__}", field="config", value=config)
+            raise _task_fields("tasks.make").error_for(
+                "config", f"a {entry.config_cls.__name__} (the config class of task {name!r})", value=config)
         if config_fields:
             config = config.replace(**config_fields)
     return entry.build(name, config)

@@ -75,31 +75,29 @@ class ByteLMConfig(TaskConfig):
         self._check_int("seed", lo=0, hi=2**32 - 1)
         self._check_int("seq_len", lo=1)
         self._check_int("max_bytes", lo=2)
-        self._check_float("val_fraction", 0.0, 0.5, hi_open=False)
-        if self.val_fraction <= 0:
-            self._fail("val_fraction", "must lie in (0, 0.5]")
+        self._check_float("val_fraction", 0.0, 0.5, lo_open=True, hi_open=False)
         if self.num_train is not None:
-            self._fail("num_train", "is derived from the corpus (every window start); "
+            self._fail("num_train", "None: it is derived from the corpus (every window start); "
                        "leave it unset")
         if self.num_test is not None:
             self._check_int("num_test", lo=1)
         for field in ("corpus", "token_file"):
             value = getattr(self, field)
             if value is not None and not isinstance(value, (str, os.PathLike)):
-                self._fail(field, "expected a path (str or os.PathLike) or None")
+                self._fail(field, "a path (str or os.PathLike) or None")
             if value is not None:
                 object.__setattr__(self, field, os.fspath(value))
         if self.corpus is not None and self.token_file is not None:
-            self._fail("token_file", "give either corpus or token_file, not both")
+            self._fail("token_file", "None when corpus is given (give either corpus or token_file, not both)")
         self._check_int("vocab_size", lo=2, hi=65536)
         if self.token_file is None and self.vocab_size != 256:
-            self._fail("vocab_size", "must be 256 for byte-level text (set token_file for "
+            self._fail("vocab_size", "256 for byte-level text (set token_file for "
                        "tokenized data)")
         if self.suffixes is not None:
             if isinstance(self.suffixes, str):
                 object.__setattr__(self, "suffixes", (self.suffixes,))
             if not all(isinstance(s, str) for s in self.suffixes):
-                self._fail("suffixes", "expected a tuple of strings or None")
+                self._fail("suffixes", "a tuple of strings or None")
             object.__setattr__(self, "suffixes", tuple(self.suffixes))
 
     @property
@@ -172,12 +170,12 @@ def load_corpus(corpus: str | None = None, token_file: str | None = None, *,
 
     if token_file is not None:
         if not os.path.isfile(token_file):
-            raise config_error(ByteLMConfig, "token_file", token_file, "no such file")
+            raise config_error(ByteLMConfig, "token_file", token_file, "an existing file (no such file)")
         n_tok = min(os.path.getsize(token_file), max_bytes) // 2
         tokens = np.fromfile(token_file, dtype="<u2", count=n_tok).astype(np.uint16)
         if tokens.size and int(tokens.max()) >= vocab_size:
             raise config_error(ByteLMConfig, "vocab_size", vocab_size,
-                               f"token_file holds token {int(tokens.max())}; need vocab_size > it")
+                               f"an integer > {int(tokens.max())}, the largest token in token_file")
         n_val = max(1, int(round(tokens.size * val_fraction)))
         train, val = tokens[:-n_val], tokens[-n_val:]
         info = {"source": "token_file", "files": 1, "tokens": int(tokens.size)}
@@ -199,7 +197,7 @@ def load_corpus(corpus: str | None = None, token_file: str | None = None, *,
         info = {"source": source, "files": 1}
         return _finish(data[:-n_val], data[-n_val:], info)
     if not os.path.isdir(root):
-        raise config_error(ByteLMConfig, "corpus", corpus, "no such file or directory")
+        raise config_error(ByteLMConfig, "corpus", corpus, "an existing file or directory (no such file or directory)")
 
     train_parts, val_parts, n_train_files, n_val_files = [], [], 0, 0
     files = _list_files(root, suffixes, excluded)
@@ -215,7 +213,7 @@ def load_corpus(corpus: str | None = None, token_file: str | None = None, *,
         budget -= len(blob)
         chosen.append((rel, blob))
     if not chosen:
-        raise config_error(ByteLMConfig, "corpus", corpus, "contains no (matching) files")
+        raise config_error(ByteLMConfig, "corpus", corpus, "a directory with (matching) files; it has none")
     flags = [_is_val_file(rel, val_fraction) for rel, _ in chosen]
     if len(chosen) >= 2 and not any(flags):
         flags[-1] = True
@@ -277,13 +275,14 @@ class ByteLMTask(Task):
 
         if corpus.train.size < L + 1:
             raise config_error(ByteLMConfig, "seq_len", L,
-                               f"the training split holds only {corpus.train.size} tokens; "
-                               f"need seq_len + 1 <= that")
+                               f"an integer <= {corpus.train.size - 1} (the training split holds "
+                               f"{corpus.train.size} tokens; seq_len + 1 must fit)")
         n_val_windows = (corpus.val.size - 1) // L
         if n_val_windows < 1:
             raise config_error(ByteLMConfig, "seq_len", L,
-                               f"the validation split holds only {corpus.val.size} tokens; "
-                               f"need seq_len + 1 <= that (raise val_fraction or max_bytes)")
+                               f"an integer <= {corpus.val.size - 1} (the validation split holds "
+                               f"{corpus.val.size} tokens; seq_len + 1 must fit: raise val_fraction "
+                               f"or max_bytes)")
         num_test = n_val_windows if config.num_test is None else min(config.num_test, n_val_windows)
         super().__init__(name, config, vocab_size=config.vocab_size, seq_len=L,
                          num_train=corpus.train.size - L, num_test=num_test, readout="all")

@@ -41,7 +41,7 @@ class InContextRecallConfig(TaskConfig):
         self._check_int("vocab_size", lo=2)
         self._check_int("seq_len", lo=4)
         if self.seq_len % 2:
-            self._fail("seq_len", "must be even (the sequence is made of 2-token key-value pairs)")
+            self._fail("seq_len", "an even integer >= 4 (the sequence is made of 2-token key-value pairs)")
 
     @property
     def length(self) -> int:
@@ -86,13 +86,13 @@ class NoisyInContextRecallConfig(TaskConfig):
         self._check_float("frac_noise", 0.0, 1.0)
         self._check_int("seq_len", lo=4)
         if self.seq_len % 2:
-            self._fail("seq_len", "must be even (the sequence is made of 2-token key-value pairs)")
+            self._fail("seq_len", "an even integer >= 4 (the sequence is made of 2-token key-value pairs)")
         if self.vocab_size - self.noise_vocab_size < 2:
-            self._fail("vocab_size", f"must be >= noise_vocab_size + 2 = "
+            self._fail("vocab_size", f"an integer >= noise_vocab_size + 2 = "
                        f"{self.noise_vocab_size + 2} "
                        "(at least one key and one value token besides the noise tokens)")
         if self.frac_noise > 0 and self.noise_vocab_size < 1:
-            self._fail("noise_vocab_size", "must be >= 1 when frac_noise > 0")
+            self._fail("noise_vocab_size", "an integer >= 1 when frac_noise > 0")
 
     @property
     def length(self) -> int:
@@ -141,14 +141,15 @@ class FuzzyInContextRecallConfig(TaskConfig):
         n_val = self.vocab_size - 1 - n_key
         if n_key < self.k_motif_size or n_val < self.v_motif_size:
             need = 1 + 2 * max(self.k_motif_size, self.v_motif_size)
-            self._fail("vocab_size", f"too small for motifs of distinct tokens: key tokens "
-                       f"{n_key} < k_motif_size {self.k_motif_size} or value tokens {n_val} < "
-                       f"v_motif_size {self.v_motif_size}; use vocab_size >= {need}")
+            self._fail("vocab_size", f"an integer >= {need} (motifs of distinct tokens: here key "
+                       f"tokens {n_key} < k_motif_size {self.k_motif_size} or value tokens {n_val} < "
+                       f"v_motif_size {self.v_motif_size})")
         if (n_key + 1) ** self.k_motif_size >= 2**31:
-            self._fail("vocab_size", "too large for int32 key-motif codes at this k_motif_size")
+            self._fail("vocab_size", "an integer with (vocab_size - 1) // 2 + 1 to the power k_motif_size "
+                       "below 2**31 (key-motif codes are int32)")
         need_len = 3 * (self.k_motif_size + self.v_motif_size)
         if self.seq_len < need_len:
-            self._fail("seq_len", f"must be >= 3 * (k_motif_size + v_motif_size) = {need_len}")
+            self._fail("seq_len", f"an integer >= 3 * (k_motif_size + v_motif_size) = {need_len}")
 
     @property
     def length(self) -> int:
@@ -178,7 +179,7 @@ class SelectiveCopyingConfig(TaskConfig):
         self._check_int("num_tokens_to_copy", lo=1)
         self._check_int("seq_len", lo=1)
         if self.seq_len <= 2 * self.num_tokens_to_copy + 1:
-            self._fail("seq_len", f"must be > 2 * num_tokens_to_copy + 1 = "
+            self._fail("seq_len", f"an integer > 2 * num_tokens_to_copy + 1 = "
                        f"{2 * self.num_tokens_to_copy + 1}")
 
     @property
@@ -238,7 +239,7 @@ class MemorizationConfig(TaskConfig):
         self._check_int("vocab_size", lo=3)
         self._check_int("seq_len", lo=2)
         if self.seq_len % 2:
-            self._fail("seq_len", "must be even (the sequence is made of (key, insert) pairs)")
+            self._fail("seq_len", "an even integer >= 2 (the sequence is made of (key, insert) pairs)")
 
     @property
     def length(self) -> int:

@@ -42,20 +42,17 @@ class MQARConfig(TaskConfig):
         self._check_int("vocab_size", lo=4)
         self._check_int("seq_len", lo=4)
         self._check_int("num_kv_pairs", lo=1)
-        self._check_float("power_a", 0.0, 1.0, hi_open=False)
-        if self.power_a <= 0:
-            self._fail("power_a", "must lie in (0, 1]")
+        self._check_float("power_a", 0.0, 1.0, lo_open=True, hi_open=False)
         self._check_bool("random_non_queries")
         if self.seq_len % 2:
-            self._fail("seq_len", "must be even")
+            self._fail("seq_len", "an even integer >= 4")
         if 4 * self.num_kv_pairs > self.seq_len:
-            self._fail("num_kv_pairs", f"needs 4 * num_kv_pairs <= seq_len = {self.seq_len} "
-                       f"(context and queries); at most {self.seq_len // 4}")
+            self._fail("num_kv_pairs", f"an integer in [1, seq_len // 4 = {self.seq_len // 4}] "
+                       f"(context and queries need 4 * num_kv_pairs <= seq_len = {self.seq_len})")
         max_pairs = min(self.vocab_size // 2 - 1, self.vocab_size - self.vocab_size // 2)
         if self.num_kv_pairs > max_pairs:
-            self._fail("vocab_size", f"too small for {self.num_kv_pairs} distinct keys in "
-                       f"[1, V//2) and values in [V//2, V); need vocab_size >= "
-                       f"{2 * self.num_kv_pairs + 2}")
+            self._fail("vocab_size", f"an integer >= {2 * self.num_kv_pairs + 2} "
+                       f"({self.num_kv_pairs} distinct keys in [1, V//2) and values in [V//2, V))")
 
     @property
     def length(self) -> int:

@@ -3,17 +3,11 @@ Everything that changes a training run's numbers lives here, so a run is reprodu
 from __future__ import annotations
 
 import dataclasses
-import math
 from typing import Any, Mapping
 
+from star_jax._util.validate import ConfigError, Fields, unknown_fields
 
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _is_real(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
-
+__all__ = ["TrainConfig", "ConfigError"]
 
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
@@ -53,35 +47,21 @@ class TrainConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        def fail(name: str, valid: str) -> None:
-            raise ValueError(
-                f"TrainConfig.{name} = {getattr(self, name)!r} is invalid: expected {valid}"
-            )
-
+        check = Fields("TrainConfig", self)
         for name in ("steps", "batch_size", "eval_batch_size"):
-            value = getattr(self, name)
-            if not _is_int(value) or value < 1:
-                fail(name, "an integer >= 1")
-        if not _is_int(self.eval_every) or self.eval_every < 0:
-            fail("eval_every", "an integer >= 0 (0 = evaluate only after the last step)")
-        if not _is_int(self.warmup_steps) or not 0 <= self.warmup_steps <= self.steps:
-            fail("warmup_steps", f"an integer in [0, steps={self.steps}]")
-        if not _is_int(self.seed) or not 0 <= self.seed < 2**32:
-            fail("seed", "an integer in [0, 2**32)")
-        if not _is_real(self.lr) or not math.isfinite(self.lr) or self.lr <= 0:
-            fail("lr", "a finite number > 0")
-        if not _is_real(self.weight_decay) or not math.isfinite(self.weight_decay) or self.weight_decay < 0:
-            fail("weight_decay", "a finite number >= 0")
-        if not _is_real(self.min_lr_ratio) or not 0.0 <= self.min_lr_ratio <= 1.0:
-            fail("min_lr_ratio", "a number in [0, 1]")
-        if self.clip_norm is not None and (
-            not _is_real(self.clip_norm) or not math.isfinite(self.clip_norm) or self.clip_norm <= 0
-        ):
-            fail("clip_norm", "a finite number > 0, or None to disable clipping")
+            check.int(name, lo=1)
+        check.int("eval_every", lo=0, accepted="an integer >= 0 (0 = evaluate only after the last step)")
+        check.int("warmup_steps", lo=0, hi=self.steps,
+                  accepted=f"an integer in [0, steps={self.steps}]")
+        check.int("seed", lo=0, hi=2**32 - 1, accepted="an integer in [0, 2**32)")
+        check.real("lr", lo=0, lo_open=True)
+        check.real("weight_decay", lo=0)
+        check.real("min_lr_ratio", lo=0, hi=1)
+        if self.clip_norm is not None:
+            check.real("clip_norm", lo=0, lo_open=True,
+                       accepted="a finite number > 0, or None to disable clipping")
         for name in ("b1", "b2"):
-            value = getattr(self, name)
-            if not _is_real(value) or not 0.0 <= value < 1.0:
-                fail(name, "a number in [0, 1)")
+            check.real(name, lo=0, hi=1, hi_open=True)
 
     @classmethod
     def field_names(cls) -> tuple[str, ...]:
@@ -101,13 +81,12 @@ class TrainConfig:
             The validated config.
 
         Raises:
-            ValueError: for an unknown key (the message lists the valid ones) or an invalid value.
+            ConfigError: for an unknown key (the message lists the valid ones) or an invalid value
+                (a ``ValueError``).
         """
-        unknown = sorted(set(data) - set(cls.field_names()))
-        if unknown:
-            raise ValueError(
-                f"unknown TrainConfig field(s) {unknown}; valid fields: {list(cls.field_names())}"
-            )
+        error = unknown_fields("TrainConfig", data, cls.field_names())
+        if error is not None:
+            raise error
         return cls(**dict(data))
 
     def to_dict(self) -> dict[str, Any]:

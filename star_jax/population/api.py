@@ -19,7 +19,11 @@ from star_jax.train import parts
 from star_jax.train.loop import chunk_plan
 from star_jax.train.step import batch_keys
 
-from .common import Engine, PopulationResult, TraceCounter, make_population_chunk, run_population, sample_in_scan
+from star_jax.train.step import make_chunk
+
+from .common import (Engine, PopulationResult, TraceCounter, batch_placement, init_candidates,
+                     run_population, sample_in_scan)
+from .data import run_data
 from .memory import split_by_budget
 from .static import StaticForward, make_static_fns
 
@@ -33,45 +37,6 @@ def _genomes(genomes) -> list[Genome]:
     if not out:
         raise ValueError("train_population needs at least one genome")
     return out
-
-
-def _batch_placement(mesh):
-    """(constrain(inputs, targets) inside jit, place(stacked test array [N, B, L]) outside)."""
-    if mesh is None or "data" not in mesh.axis_names:
-        return (lambda i, t: (i, t)), (lambda x: x)
-    from jax.sharding import NamedSharding, PartitionSpec as P
-
-    rows = NamedSharding(mesh, P("data"))
-
-    def constrain(i, t):
-        return jax.lax.with_sharding_constraint(i, rows), jax.lax.with_sharding_constraint(t, rows)
-
-    return constrain, (lambda x: jax.device_put(x, NamedSharding(mesh, P(None, "data"))))
-
-
-def init_candidates(genomes: Sequence[Genome], cfg: ModelConfig, task, train_cfg: TrainConfig,
-                    init_params: Sequence[Any] | None = None):
-    """Each candidate's initial parameters, exactly as ``star_jax.train`` makes them.
-
-    Arguments:
-        genomes: the population.
-        cfg: the model config.
-        task: the task (for ``seq_len``).
-        train_cfg: the training config (its seed).
-        init_params: optional per-candidate starting parameters (None entries are initialised).
-
-    Returns:
-        ``(models, params_list)``.
-    """
-    models = [build_model(g, cfg) for g in genomes]
-    params = []
-    for c, m in enumerate(models):
-        given = None if init_params is None else init_params[c]
-        if given is None:
-            params.append(parts.init_params(m.program, task.seq_len, train_cfg.seed))
-        else:
-            params.append(jax.tree.map(jnp.array, given))
-    return models, params
 
 
 def _run_static(genomes, cfg, task, train_cfg, mesh, init_params, progress):
@@ -88,8 +53,8 @@ def _run_static(genomes, cfg, task, train_cfg, mesh, init_params, progress):
     in_scan = sample_in_scan(task, train_cfg.batch_size)
     bs = train_cfg.batch_size
     sample_fn = (lambda key: task.sample(key, bs)) if in_scan else None
-    constrain, place = _batch_placement(mesh)
-    chunk = make_population_chunk(pop_step, sample_fn, constrain)
+    constrain, place = batch_placement(mesh)
+    chunk = make_chunk(pop_step, sample_fn, constrain)
     engine = Engine(
         n=len(genomes),
         state=(flat_list, opt_list),
@@ -215,7 +180,6 @@ def train_population(genomes: Sequence[Genome | str], cfg: ModelConfig, task, tr
                 if strategy == "static":
                     out = _run_static(sub, cfg, task, train_cfg, mesh, sub_init, report)
                 else:
-                    from .data import run_data
 
                     out = run_data(sub, cfg, task, train_cfg, mesh, sub_init, report, classes, pad_to)
             done += len(sub)

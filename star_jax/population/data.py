@@ -20,7 +20,9 @@ from star_jax.train.config import TrainConfig
 from star_jax.train.optim import FlatLayout, make_flat_optimizer
 from star_jax.train.step import apply_update, batch_keys, masked_loss_and_accuracy, masked_sums
 
-from .common import Engine, TraceCounter, make_population_chunk, run_population, sample_in_scan
+from star_jax.train.step import make_chunk
+
+from .common import Engine, LRUCache, TraceCounter, batch_placement, init_candidates, run_population, sample_in_scan
 
 
 @dataclasses.dataclass(frozen=True)
@@ -108,7 +110,8 @@ def make_pool(cfg: ModelConfig, seq_len: int, classes: Sequence[int] | None = No
     return Pool(cfg, tuple(branches), tuple(feats), tuple(class_branch))
 
 
-_BASE_CACHE: dict[tuple, Any] = {}
+_BASE_CACHE = LRUCache(8)
+"""Superset base trees by (pool, n_liv, seq_len)."""
 
 
 def _base_params(pool: Pool, n_liv: int, seq_len: int):
@@ -118,27 +121,28 @@ def _base_params(pool: Pool, n_liv: int, seq_len: int):
     entries its genome uses, and an entry no candidate uses is never read by its branch. So the
     base is zeros (norm scales one) from `jax.eval_shape`: nothing is compiled or run.
     """
-    key = (pool, n_liv, seq_len)
-    if key not in _BASE_CACHE:
-        cfg = pool.cfg
-        h = jax.ShapeDtypeStruct((1, seq_len, cfg.width), jnp.float32)
-        k = jax.random.key(0)
-        zeros = lambda tree: jax.tree.map(lambda a: np.zeros(a.shape, a.dtype), tree)  # noqa: E731
-        feat = [zeros(jax.eval_shape(lambda k, h, fm=fm: fm.init(k, h)["params"], k, h))
-                for fm in pool.featurizers]
-        mix = []
-        for b in pool.branches:
-            def init_mix(k, h, b=b):
-                f = b.featurizer.init_with_output(k, h)[0]
-                return b.mixer.init(k, f)["params"]
-            mix.append(zeros(jax.eval_shape(init_mix, k, h)))
-        base = {
-            "norms": tuple({"scale": np.ones((cfg.width,), np.float32)} for _ in range(n_liv)),
-            "feat": tuple(tuple(feat) for _ in range(n_liv)),
-            "mix": tuple(tuple(mix) for _ in range(n_liv)),
-        }
-        _BASE_CACHE[key] = base
-    return _BASE_CACHE[key]
+    return _BASE_CACHE.get((pool, n_liv, seq_len), lambda: _make_base(pool, n_liv, seq_len))
+
+
+def _make_base(pool: Pool, n_liv: int, seq_len: int):
+    cfg = pool.cfg
+    h = jax.ShapeDtypeStruct((1, seq_len, cfg.width), jnp.float32)
+    k = jax.random.key(0)
+    zeros = lambda tree: jax.tree.map(lambda a: np.zeros(a.shape, a.dtype), tree)  # noqa: E731
+    feat = [zeros(jax.eval_shape(lambda k, h, fm=fm: fm.init(k, h)["params"], k, h))
+            for fm in pool.featurizers]
+    mix = []
+    for b in pool.branches:
+        def init_mix(k, h, b=b):
+            f = b.featurizer.init_with_output(k, h)[0]
+            return b.mixer.init(k, f)["params"]
+        mix.append(zeros(jax.eval_shape(init_mix, k, h)))
+    base = {
+        "norms": tuple({"scale": np.ones((cfg.width,), np.float32)} for _ in range(n_liv)),
+        "feat": tuple(tuple(feat) for _ in range(n_liv)),
+        "mix": tuple(tuple(mix) for _ in range(n_liv)),
+    }
+    return base
 
 
 def _scatter(dst: dict, src: dict, where: str) -> dict:
@@ -390,7 +394,8 @@ def make_data_fns(forward: DataForward, layout: FlatLayout, optimizer, counter: 
     return pop_step, counter.wrap(eval_fn)
 
 
-_FN_CACHE: dict[tuple, tuple] = {}
+_FN_CACHE = LRUCache(8)
+"""Jitted chunk and eval functions by (pool, n_liv, task, train config, mesh)."""
 
 
 def _spread_over_candidates(chunk, eval_fn, mesh):
@@ -410,35 +415,33 @@ def _spread_over_candidates(chunk, eval_fn, mesh):
 def _compiled(pool: Pool, n_liv: int, task, train_cfg: TrainConfig, mesh, example_sp: dict):
     """The jitted chunk and eval for a pool, cached across calls (same shapes: no recompile).
     ``example_sp`` is one candidate's superset tree (its layout is fixed by the pool)."""
-    key = (pool, n_liv, task, train_cfg, mesh)
-    if key not in _FN_CACHE:
-        from .api import _batch_placement
+    return _FN_CACHE.get((pool, n_liv, task, train_cfg, mesh),
+                         lambda: _build_fns(pool, n_liv, task, train_cfg, mesh, example_sp))
 
-        counter = TraceCounter()
-        layout = FlatLayout(example_sp)
-        optimizer = make_flat_optimizer(train_cfg, layout)
-        pop_step, eval_fn = make_data_fns(DataForward(pool, n_liv), layout, optimizer, counter)
-        in_scan = sample_in_scan(task, train_cfg.batch_size)
-        bs = train_cfg.batch_size
-        sample_fn = (lambda k: task.sample(k, bs)) if in_scan else None
-        constrain, place = _batch_placement(mesh)
-        spread = mesh is not None and "candidates" in mesh.axis_names
-        if spread:  # candidates over devices; inside, each device maps over its own candidates
-            constrain = lambda i, t: (i, t)  # noqa: E731  (the "data" axis stays automatic)
-        chunk = make_population_chunk(pop_step, sample_fn, constrain)
-        if spread:
-            chunk, eval_fn = _spread_over_candidates(chunk, eval_fn, mesh)
-        _FN_CACHE[key] = (jax.jit(counter.wrap(chunk), donate_argnums=(0, 1)), jax.jit(eval_fn),
-                          optimizer, counter, in_scan, place, layout)
-    return _FN_CACHE[key]
+
+def _build_fns(pool: Pool, n_liv: int, task, train_cfg: TrainConfig, mesh, example_sp: dict):
+    counter = TraceCounter()
+    layout = FlatLayout(example_sp)
+    optimizer = make_flat_optimizer(train_cfg, layout)
+    pop_step, eval_fn = make_data_fns(DataForward(pool, n_liv), layout, optimizer, counter)
+    in_scan = sample_in_scan(task, train_cfg.batch_size)
+    bs = train_cfg.batch_size
+    sample_fn = (lambda k: task.sample(k, bs)) if in_scan else None
+    constrain, place = batch_placement(mesh)
+    spread = mesh is not None and "candidates" in mesh.axis_names
+    if spread:  # candidates over devices; inside, each device maps over its own candidates
+        constrain = lambda i, t: (i, t)  # noqa: E731  (the "data" axis stays automatic)
+    chunk = make_chunk(pop_step, sample_fn, constrain)
+    if spread:
+        chunk, eval_fn = _spread_over_candidates(chunk, eval_fn, mesh)
+    return (jax.jit(counter.wrap(chunk), donate_argnums=(0, 1)), jax.jit(eval_fn),
+            optimizer, counter, in_scan, place, layout)
 
 
 def run_data(genomes, cfg, task, train_cfg, mesh, init_params, progress, classes=None, pad_to=None):
     """Train a population with strategy="data"; returns ``(metrics, curves, params, n_compiles,
     timings)`` as the other strategies. With ``pad_to`` > P the compiled step is built for
     ``pad_to`` candidates, and the padding ones are never run."""
-    from .api import init_candidates
-
     t0 = time.perf_counter()
     n_liv = len(genomes[0])
     if any(len(g) != n_liv for g in genomes):

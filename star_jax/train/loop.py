@@ -3,7 +3,6 @@ A diverging candidate ends early with the worst score instead of raising."""
 from __future__ import annotations
 
 import dataclasses
-import math
 import time
 from typing import Any
 
@@ -12,21 +11,17 @@ import jax.numpy as jnp
 import numpy as np
 
 from star_jax.train.config import TrainConfig
+from star_jax.train.driver import MAX_CHUNK, chunk_plan, drive, is_eval_point  # noqa: F401 (re-exported)
 from star_jax.train.optim import FlatLayout, make_flat_optimizer, make_optimizer
 from star_jax.train.progress import progress_bar
 from star_jax.train.step import (
     batch_keys,
-    evaluate_stacked,
-    final_train_loss,
-    make_sampled_scan_chunk,
-    make_scan_chunk,
+    _eval_sums_jit,
+    make_chunk,
     make_train_step,
     stack_test_batches,
     step_batch_key,
 )
-
-MAX_CHUNK = 100
-"""Most steps run inside one jitted ``lax.scan`` between two host round trips."""
 
 _TRACE_ERRORS = (
     jax.errors.ConcretizationTypeError,
@@ -72,22 +67,6 @@ def sampling_is_traceable(task, batch_size: int) -> bool:
     return True
 
 
-def chunk_plan(cfg: TrainConfig) -> tuple[int, list[tuple[int, int]]]:
-    """Chunk length and the ``(start, stop)`` step ranges; a range ends at every eval point."""
-    period = cfg.eval_every if cfg.eval_every > 0 else cfg.steps
-    length = min(MAX_CHUNK, period, cfg.steps)
-    cuts = set(range(length, cfg.steps, length)) | {cfg.steps}
-    if cfg.eval_every > 0:
-        cuts |= set(range(cfg.eval_every, cfg.steps, cfg.eval_every))
-    bounds = [0, *sorted(cuts)]
-    return length, list(zip(bounds[:-1], bounds[1:]))
-
-
-def is_eval_point(cfg: TrainConfig, done: int) -> bool:
-    """Whether the test set is evaluated after ``done`` steps (every ``eval_every``, and last)."""
-    return done == cfg.steps or (cfg.eval_every > 0 and done % cfg.eval_every == 0)
-
-
 def _check_logits(apply_fn, params, task) -> None:
     dummy = jnp.zeros((1, task.seq_len), jnp.int32)
     shape = jax.eval_shape(apply_fn, params, dummy).shape
@@ -105,85 +84,16 @@ def _flat_layout_or_none(params):
         return None
 
 
-def _record_chunk(records: dict[str, list], metrics: dict, n: int) -> tuple[int, bool]:
-    """Appends a chunk's per-step metrics (arrays over the chunk's steps) up to and including
-    its first non-finite step; returns ``(steps recorded, diverged)``."""
-    finite = np.asarray(metrics["finite"][:n])
-    diverged = not finite.all()
-    if diverged:
-        n = int(np.argmin(finite)) + 1
-    for name, source in (("train_loss", "loss"), ("train_accuracy", "accuracy"), ("grad_norm", "grad_norm")):
-        records[name].append(np.asarray(metrics[source][:n], np.float64))
-    return n, diverged
-
-
-def _record_eval(evals: dict[str, list], step: int, result: dict[str, float]) -> str:
-    """Appends an evaluation to the curve lists; returns its progress-bar text."""
-    evals["eval_step"].append(step)
-    evals["test_loss"].append(result["loss"])
-    evals["test_accuracy"].append(result["accuracy"])
-    return f"  test loss {result['loss']:.4f}  acc {result['accuracy']:.3f}"
-
-
-def _finish(records, evals, steps_run: int, diverged: bool, last_eval, cfg: TrainConfig):
-    """The run's curve and final metrics (see ``TrainResult``) from the per-chunk records."""
-    from star_jax.train.parts import lr_curve
-
-    curve = {name: np.concatenate(parts) for name, parts in records.items()}
-    curve["train_loss"] = np.where(np.isfinite(curve["train_loss"]), curve["train_loss"], np.inf)
-    curve["step"] = np.arange(1, steps_run + 1, dtype=np.int64)
-    curve["lr"] = lr_curve(cfg, steps_run)
-    curve["eval_step"] = np.asarray(evals["eval_step"], np.int64)
-    test_loss = np.asarray(evals["test_loss"], np.float64).reshape(-1)
-    curve["test_loss"] = np.where(np.isfinite(test_loss), test_loss, np.inf)
-    curve["test_accuracy"] = np.asarray(evals["test_accuracy"], np.float64).reshape(-1)
-    if diverged:
-        metrics = {"train_loss": math.inf, "test_loss": math.inf, "test_accuracy": 0.0}
-    else:
-        metrics = {"train_loss": final_train_loss(curve["train_loss"]),
-                   "test_loss": float(last_eval["loss"]),
-                   "test_accuracy": float(last_eval["accuracy"])}
-    metrics.update(diverged=diverged, steps_run=int(steps_run))
-    return curve, metrics
-
-
-def _drive(cfg: TrainConfig, bar, run_chunk, evaluate):
-    """The host loop every trainer shares: ``chunk_plan``'s chunks, the divergence rule, the
-    evaluation points and the progress bar.
-
-    Arguments:
-        cfg: the training config.
-        bar: the run's ``progress.Bar`` (its phase becomes "training" once the first chunk,
-            which compiles whatever is not compiled yet, has run).
-        run_chunk: ``run_chunk(start, stop) -> metrics``: runs 0-based steps ``start..stop-1``
-            and returns per-step host arrays ``loss``, ``accuracy``, ``grad_norm``, ``finite``
-            (at least ``stop - start`` long); after a non-finite step it changes nothing more.
-        evaluate: ``evaluate() -> {"loss", "accuracy"}`` over the whole test set.
-
-    Returns:
-        ``(curve, metrics)`` as in ``TrainResult``.
-    """
-    _, plan = chunk_plan(cfg)
-    records: dict[str, list[np.ndarray]] = {"train_loss": [], "train_accuracy": [], "grad_norm": []}
-    evals: dict[str, list] = {"eval_step": [], "test_loss": [], "test_accuracy": []}
-    diverged = False
-    steps_run = 0
-    last_eval = {"loss": math.inf, "accuracy": 0.0}
-    for start, stop in plan:
-        metrics = run_chunk(start, stop)
-        n, diverged = _record_chunk(records, metrics, stop - start)
-        steps_run = start + n
-        info = f"loss {float(metrics['loss'][n - 1]):.4f}"
-        if not diverged and is_eval_point(cfg, stop):
-            last_eval = evaluate()
-            diverged = not math.isfinite(last_eval["loss"])
-            info += _record_eval(evals, stop, last_eval)
+def _run(cfg: TrainConfig, bar, run_chunk, evaluate) -> tuple[dict, dict]:
+    """``drive`` for one candidate, moving its progress bar."""
+    def on_chunk(stop, steps_run, diverged, info):
         bar.phase("training")  # from the first chunk on (it compiled what was not compiled yet)
-        bar.update(completed=steps_run, info=info)
-        if diverged:
+        bar.update(completed=steps_run[0], info=info)
+        if diverged[0]:
             bar.update(info=info + "  [red]diverged")
-            break
-    return _finish(records, evals, steps_run, diverged, last_eval, cfg)
+
+    curves, metrics = drive(cfg, lambda start, stop, alive: run_chunk(start, stop), evaluate, on_chunk=on_chunk)
+    return curves[0], metrics[0]
 
 
 def _fit(apply_fn, init_fn, task, cfg: TrainConfig, params, progress: bool) -> TrainResult:
@@ -216,13 +126,8 @@ def _fit_on(apply_fn, init_fn, task, cfg: TrainConfig, params, bar) -> TrainResu
     train_step = make_train_step(apply_fn, optimizer)
     batch_size = cfg.batch_size
     in_scan = sampling_is_traceable(task, batch_size)
-    if in_scan:
-        chunk_fn = jax.jit(
-            make_sampled_scan_chunk(train_step, lambda key: task.sample(key, batch_size)),
-            donate_argnums=(0, 1),
-        )
-    else:
-        chunk_fn = jax.jit(make_scan_chunk(train_step), donate_argnums=(0, 1))
+    sample_fn = (lambda key: task.sample(key, batch_size)) if in_scan else None
+    chunk_fn = jax.jit(make_chunk(train_step, sample_fn), donate_argnums=(0, 1))
     test_inputs, test_targets = stack_test_batches(task, cfg.eval_batch_size)
 
     chunk_len, _ = chunk_plan(cfg)
@@ -242,10 +147,10 @@ def _fit_on(apply_fn, init_fn, task, cfg: TrainConfig, params, bar) -> TrainResu
             state["params"], state["opt_state"], *args)
         return jax.device_get(metrics)
 
-    def evaluate() -> dict[str, float]:
-        return evaluate_stacked(apply_fn, state["params"], test_inputs, test_targets)
+    def evaluate():
+        return jax.device_get(_eval_sums_jit(apply_fn, state["params"], test_inputs, test_targets))
 
-    curve, metrics_out = _drive(cfg, bar, run_chunk, evaluate)
+    curve, metrics_out = _run(cfg, bar, run_chunk, evaluate)
     params = state["params"]
     return TrainResult(
         params=params if layout is None else layout.unravel(params),
@@ -324,13 +229,10 @@ def _fit_parts_on(model, task, cfg: TrainConfig, params, bar, start_time: float)
         host = jax.device_get(chunk)
         return {key: np.array([m[key] for m in host]) for key in host[0]}
 
-    def evaluate() -> dict[str, float]:
-        loss_sum, n_correct, n_counted = model.eval_sums(vecs, test_inputs, test_targets)
-        if n_counted == 0:
-            raise ValueError("the test set has no counted targets (all are -100)")
-        return {"loss": loss_sum / n_counted, "accuracy": int(n_correct) / int(n_counted)}
+    def evaluate():
+        return tuple(model.eval_sums(vecs, test_inputs, test_targets))
 
-    curve, metrics_out = _drive(cfg, bar, run_chunk, evaluate)
+    curve, metrics_out = _run(cfg, bar, run_chunk, evaluate)
     return TrainResult(params=model.to_flax(vecs), metrics=metrics_out, curve=curve, config=cfg,
                        seconds=time.perf_counter() - start_time)
 

@@ -175,73 +175,68 @@ def make_train_step(apply_fn: ApplyFn, optimizer: optax.GradientTransformation):
     return step
 
 
-def make_scan_chunk(train_step):
-    """A chunk of steps over pre-sampled batches, as one ``lax.scan``.
+def make_chunk(train_step, sample_fn=None, constrain=None):
+    """A chunk of steps as one ``lax.scan``: the one chunk builder of every trainer (one
+    candidate, or a population whose step maps over candidates).
 
-    ``chunk(params, opt_state, inputs, targets, active, alive)`` with ``inputs, targets:
-    [S, B, L]`` int32, ``active: [S]`` bool (False for padding steps past the run's end) and
-    ``alive``: bool scalar. Step i runs ``train_step(..., active=alive & active[i])``; after a
-    non-finite step ``alive`` turns False and the rest of the chunk changes nothing.
+    ``train_step(params, opt_state, inputs [B, L], targets [B, L], active) -> (params,
+    opt_state, metrics)`` (from ``make_train_step``, or a population step whose ``active`` and
+    metrics carry a candidate axis [P]). Step i runs with ``active = alive & active[i]``; after a
+    non-finite step ``alive`` turns False (per candidate) and the rest of the chunk changes
+    nothing of it.
 
     Arguments:
-        train_step: from ``make_train_step``.
+        train_step: the step.
+        sample_fn: None: the chunk is ``chunk(params, opt_state, inputs [S, B, L], targets
+            [S, B, L], active [S], alive)`` over pre-sampled batches. Otherwise ``sample_fn(key)
+            -> (inputs, targets)``, traceable, and the chunk is ``chunk(params, opt_state,
+            data_key, steps [S], active [S], alive)``: step ``steps[i]`` trains on
+            ``sample_fn(fold_in(data_key, steps[i]))`` inside the scan, exactly the batch it
+            would get pre-sampled.
+        constrain: None, or ``constrain(inputs, targets) -> (inputs, targets)`` placing each
+            batch (e.g. a sharding constraint).
 
     Returns:
-        The chunk function, returning ``(params, opt_state, alive, metrics)`` where each metric
-        is stacked to shape [S].
+        The chunk function, returning ``(params, opt_state, alive, metrics)`` with every metric
+        stacked over the chunk's S steps.
     """
 
-    def chunk(params, opt_state, inputs, targets, active, alive):
-        def body(carry, xs):
+    def run(params, opt_state, xs, get_batch, alive):
+        def body(carry, x):
             params, opt_state, alive = carry
-            step_inputs, step_targets, step_active = xs
-            params, opt_state, metrics = train_step(
-                params, opt_state, step_inputs, step_targets, alive & step_active
-            )
+            inputs, targets, step_active = get_batch(x)
+            if constrain is not None:
+                inputs, targets = constrain(inputs, targets)
+            params, opt_state, metrics = train_step(params, opt_state, inputs, targets, alive & step_active)
             alive = alive & (metrics["finite"] | ~step_active)
             return (params, opt_state, alive), metrics
 
-        (params, opt_state, alive), metrics = jax.lax.scan(
-            body, (params, opt_state, alive), (inputs, targets, active)
-        )
+        (params, opt_state, alive), metrics = jax.lax.scan(body, (params, opt_state, alive), xs)
         return params, opt_state, alive, metrics
 
+    if sample_fn is not None:
+        def chunk(params, opt_state, data_key, steps, active, alive):
+            def get(x):
+                step, step_active = x
+                inputs, targets = sample_fn(step_batch_key(data_key, step))
+                return inputs, targets, step_active
+
+            return run(params, opt_state, (steps, active), get, alive)
+    else:
+        def chunk(params, opt_state, inputs, targets, active, alive):
+            return run(params, opt_state, (inputs, targets, active), lambda x: x, alive)
+
     return chunk
+
+
+def make_scan_chunk(train_step):
+    """``make_chunk(train_step)``: a chunk over pre-sampled batches."""
+    return make_chunk(train_step)
 
 
 def make_sampled_scan_chunk(train_step, sample_fn):
-    """A chunk of steps that samples each batch inside the scan (no host round trip).
-
-    ``chunk(params, opt_state, data_key, steps, active, alive)`` with ``steps: [S]`` int32
-    0-based step indices; step ``steps[i]`` trains on ``sample_fn(fold_in(data_key, steps[i]))``,
-    exactly the batch ``make_scan_chunk`` would get pre-sampled. Otherwise as ``make_scan_chunk``.
-
-    Arguments:
-        train_step: from ``make_train_step``.
-        sample_fn: ``sample_fn(key) -> (inputs [B, L] int32, targets [B, L] int32)``, traceable
-            (e.g. ``lambda k: task.sample(k, batch_size)``).
-
-    Returns:
-        The chunk function, returning ``(params, opt_state, alive, metrics)``, metrics [S].
-    """
-
-    def chunk(params, opt_state, data_key, steps, active, alive):
-        def body(carry, xs):
-            params, opt_state, alive = carry
-            step, step_active = xs
-            inputs, targets = sample_fn(step_batch_key(data_key, step))
-            params, opt_state, metrics = train_step(
-                params, opt_state, inputs, targets, alive & step_active
-            )
-            alive = alive & (metrics["finite"] | ~step_active)
-            return (params, opt_state, alive), metrics
-
-        (params, opt_state, alive), metrics = jax.lax.scan(
-            body, (params, opt_state, alive), (steps, active)
-        )
-        return params, opt_state, alive, metrics
-
-    return chunk
+    """``make_chunk(train_step, sample_fn)``: a chunk that samples each batch inside the scan."""
+    return make_chunk(train_step, sample_fn)
 
 
 def final_train_loss(train_losses) -> float:

@@ -25,16 +25,16 @@ import time
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 
 import study_lib as sl  # noqa: E402
-from star_jax.evolve.loop import record_failure  # noqa: E402
+from star_jax.evolve.records import EvalRecord  # noqa: E402
 
 
-def _row(record: dict, objective: str) -> dict:
-    return {"short": record.get("short"), "genome": record.get("genome"),
+def _row(record: EvalRecord, objective: str) -> dict:
+    return {"short": record.short, "genome": record.genome,
             "quality": sl.finite_or_none(sl.quality(record, objective)),
-            "params": record.get("params"), "cache_bytes": record.get("cache_bytes"),
-            "test_loss": record.get("test_loss"), "test_accuracy": record.get("test_accuracy"),
-            "diverged": record.get("diverged"), "generation": record.get("generation"),
-            "objectives": record.get("objectives")}
+            "params": record.params, "cache_bytes": record.cache_bytes,
+            "test_loss": record.test_loss, "test_accuracy": record.test_accuracy,
+            "diverged": record.diverged, "generation": record.generation,
+            "objectives": dict(record.objectives)}
 
 
 def summarize(result, quality_tol: float = 0.0) -> dict:
@@ -50,8 +50,8 @@ def summarize(result, quality_tol: float = 0.0) -> dict:
     config = result.config
     q = config.objectives[0]
     front = list(result.front_records)
-    archive = [r for r in result.archive.values() if record_failure(r) is None]
-    baselines = {r["baseline"]: r for r in result.baselines}
+    archive = [r for r in result.archive.values() if r.failure is None]
+    baselines = {r.baseline: r for r in result.baselines}
     comparisons = {}
     for name, base in baselines.items():
         comparisons[name] = {"front": sl.reductions(front, base, q, quality_tol),

@@ -102,9 +102,18 @@ def setup_cache() -> None:
 
 
 # ---------------------------------------------------------------------------------- records
+def _field(record: Mapping[str, Any], key: str) -> Any:
+    """A field of an evaluation record: an ``EvalRecord``'s attribute, else the mapping's value
+    (records written by hand, e.g. in tests, are plain dicts)."""
+    from star_jax.evolve.records import EvalRecord
+
+    return getattr(record, key) if isinstance(record, EvalRecord) else record.get(key)
+
+
 def quality(record: Mapping[str, Any], objective: str) -> float:
-    """The quality objective of an evaluation record (inf when missing: the worst)."""
-    value = (record.get("objectives") or {}).get(objective)
+    """The quality objective of an evaluation record (an ``EvalRecord``, or a dict with its keys;
+    inf when missing: the worst)."""
+    value = (_field(record, "objectives") or {}).get(objective)
     if value is None:
         from star_jax.evolve.objectives import get_objective
 
@@ -144,14 +153,14 @@ def reductions(candidates: Sequence[Mapping], baseline: Mapping, objective: str,
     ok = [r for r in candidates if quality(r, objective) <= bound] if math.isfinite(qb) else []
     out: dict[str, Any] = {"baseline_quality": finite_or_none(qb), "n_qualifying": len(ok)}
     for key, name in (("cache_bytes", "cache"), ("params", "param")):
-        base = baseline.get(key)
-        sized = [r for r in ok if r.get(key) is not None]
+        base = _field(baseline, key)
+        sized = [r for r in ok if _field(r, key) is not None]
         if not sized or not base:
             out.update({f"{name}_reduction": None, f"{name}_genome": None, f"{name}_quality": None})
             continue
-        best = min(sized, key=lambda r: (r[key], quality(r, objective)))
-        out[f"{name}_reduction"] = 1.0 - float(best[key]) / float(base)
-        out[f"{name}_genome"] = best.get("short")
+        best = min(sized, key=lambda r: (_field(r, key), quality(r, objective)))
+        out[f"{name}_reduction"] = 1.0 - float(_field(best, key)) / float(base)
+        out[f"{name}_genome"] = _field(best, "short")
         out[f"{name}_quality"] = finite_or_none(quality(best, objective))
     return out
 

@@ -171,6 +171,7 @@ def cmd_report(args) -> int:
 
 
 def cmd_reevaluate(args) -> int:
+    from star_jax.evolve.display import fmt
     from star_jax.evolve.reevaluate import reevaluate
 
     if not (pathlib.Path(args.run_dir) / "config.json").exists():
@@ -182,8 +183,8 @@ def cmd_reevaluate(args) -> int:
     names = {s.genome: s.name for s in out.summaries}
     print(f"{out.objective} over seeds {list(out.seeds)} (mean +- sd):")
     for s in out.summaries:
-        print(f"  {s.kind:<8} {s.name:<40} {s.mean:.4f} +- {s.sd:.4f}  (search: "
-              f"{'-' if s.search_value is None else f'{s.search_value:.4f}'})  {s.genome}")
+        print(f"  {s.kind:<8} {s.name:<40} {s.mean:.4f} +- {s.sd:.4f}  (search: {fmt(s.search_value, 4)})  "
+              f"{s.genome}")
     print(f"front vs baselines ({out.interval}):")
     for c in out.comparisons:
         print(f"  {names.get(c.genome, c.genome):<40} vs {c.baseline:<14} {c.mean:+.4f} "

@@ -309,12 +309,14 @@ def test_old_records_with_a_top_level_error_field_are_read(tmp_path):
 
     from star_jax.io import RunDir
 
+    lines = [json.loads(x) for x in (run / "evaluations.jsonl").read_text().splitlines()]
+    # a checkpoint as written then: format /1, with a copy of every record (ignored when read)
     manager = RunDir(run).checkpoint_manager(keep=3)
     arrays, meta, step = manager.restore()
-    meta = dict(meta, archive=[old_style(r) for r in meta["archive"]])
+    meta = {k: v for k, v in meta.items() if k not in ("evaluations", "baselines")}
+    meta.update(format="star_jax.evolve_run/1", archive=[old_style(r) for r in lines], baselines=[])
     manager.save(step, arrays, meta=meta)
     manager.close()
-    lines = [json.loads(x) for x in (run / "evaluations.jsonl").read_text().splitlines()]
     old_text = "".join(json.dumps(old_style(r)) + "\n" for r in lines)
     (run / "evaluations.jsonl").write_text(old_text)
     assert '"error": null' in old_text and '"failure"' not in old_text

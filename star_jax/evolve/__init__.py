@@ -25,6 +25,7 @@ from star_jax.evolve.nsga2 import (
 from star_jax.evolve.config import EvolveConfig
 from star_jax.evolve.latency import measure_decode_latency
 from star_jax.evolve.loop import EvolveResult, evolve, load_run
+from star_jax.evolve.records import Candidate, EvalRecord, RunState
 from star_jax.evolve.report import write_report
 from star_jax.evolve.reevaluate import Reevaluation, reevaluate
 from star_jax.evolve.objectives import (
@@ -40,6 +41,9 @@ from star_jax.evolve.objectives import (
 __all__ = [
     "EvolveConfig",
     "EvolveResult",
+    "Candidate",
+    "EvalRecord",
+    "RunState",
     "evolve",
     "load_run",
     "reevaluate",

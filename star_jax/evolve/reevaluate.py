@@ -27,6 +27,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from star_jax.evolve.config import EvolveConfig
+from star_jax.evolve.display import fmt
 
 REEVAL_FILE = "reevaluation.jsonl"
 SIZE_OBJECTIVES = ("params", "cache_bytes", "latency_ms")
@@ -194,7 +195,10 @@ def reevaluate(run_dir, seeds: int = 5, *, evaluator: Callable | None = None,
     """
     import sys
 
-    from star_jax.evolve.loop import _evaluate, baseline_genomes, load_run, train_candidates
+    from star_jax.evolve import loop  # its train_candidates, looked up now (tests replace it)
+    from star_jax.evolve.evaluation import baseline_genomes, evaluate
+    from star_jax.evolve.records import Candidate, EvalRecord
+    from star_jax.evolve.runstate import load_run
     from star_jax.genome import Genome
     from star_jax.io import RunDir
     from star_jax.io.jsonutil import append_jsonl, read_jsonl
@@ -205,15 +209,15 @@ def reevaluate(run_dir, seeds: int = 5, *, evaluator: Callable | None = None,
     config = result.config
     objective = quality_objective(config)
     seed_list = tuple(config.train.seed + 1 + i for i in range(seeds))
-    entries: list[tuple[str, str, Genome, dict | None]] = [
-        ("front", r.get("short") or r["genome"], g, r) for g, r in zip(result.pareto_front, result.front_records)]
-    recorded_baselines = {r.get("baseline"): r for r in result.baselines}
+    entries: list[tuple[str, str, Genome, EvalRecord | None]] = [
+        ("front", r.short or r.genome, g, r) for g, r in zip(result.pareto_front, result.front_records)]
+    recorded_baselines = {r.baseline: r for r in result.baselines}
     for name, g in baseline_genomes(config.n_liv).items():
         entries.append(("baseline", name, g, recorded_baselines.get(name)))
     rd = RunDir(run_dir)
     path = pathlib.Path(rd.path) / REEVAL_FILE
     task = config.make_task()
-    evaluator = evaluator or train_candidates
+    evaluator = evaluator or loop.train_candidates
     with rd.lock():
         done = {(r["hash"], r["seed"]): r for r in (read_jsonl(path) if path.exists() else [])
                 if isinstance(r, dict) and "hash" in r and "seed" in r}
@@ -222,11 +226,13 @@ def reevaluate(run_dir, seeds: int = 5, *, evaluator: Callable | None = None,
             if not todo:
                 continue
             cfg = config.replace(train=config.train.replace(seed=seed), train_seeds=1)
-            records = _evaluate([e[2] for e in todo], cfg, task, -1, evaluator)
+            candidates = [Candidate.of(g, -1, "baseline", name) if kind == "baseline" else Candidate.of(g, -1)
+                          for kind, name, g, _ in todo]
+            records = evaluate(candidates, cfg, task, evaluator)
             for (kind, name, g, _), rec in zip(todo, records):
                 line = {"hash": g.content_hash(), "seed": seed, "genome": g.to_string(), "name": name, "kind": kind,
-                        "objectives": rec["objectives"], "test_accuracy": rec.get("test_accuracy"),
-                        "test_loss": rec.get("test_loss"), "diverged": rec.get("diverged")}
+                        "objectives": dict(rec.objectives), "test_accuracy": rec.test_accuracy,
+                        "test_loss": rec.test_loss, "diverged": rec.diverged}
                 append_jsonl(path, line)
                 done[(line["hash"], seed)] = line
             if progress:
@@ -240,17 +246,13 @@ def reevaluate(run_dir, seeds: int = 5, *, evaluator: Callable | None = None,
             name=name, kind=kind, genome=g.to_string(), hash=h, values=values,
             mean=float(np.mean(finite)) if finite else math.nan,
             sd=float(np.std(finite, ddof=1)) if len(finite) > 1 else math.nan,
-            search_value=_finite((rec or {}).get("objectives", {}).get(objective)),
-            params=(rec or {}).get("params"), cache_bytes=(rec or {}).get("cache_bytes")))
+            search_value=None if rec is None else _finite(rec.objective(objective)),
+            params=None if rec is None else rec.params, cache_bytes=None if rec is None else rec.cache_bytes))
     comparisons = compare_over_seeds([(s.genome, s.values) for s in summaries if s.kind == "front"],
                                      [(s.name, s.values) for s in summaries if s.kind == "baseline"])
     out = Reevaluation(objective, seed_list, tuple(summaries), tuple(comparisons))
     write_reevaluation_report(out, rd.path, config)
     return out
-
-
-def _fmt(v: float | None, digits: int = 4) -> str:
-    return "-" if v is None or not math.isfinite(v) else f"{v:.{digits}f}"
 
 
 def write_reevaluation_report(reeval: Reevaluation, run_dir, config: EvolveConfig) -> pathlib.Path:
@@ -264,16 +266,16 @@ def write_reevaluation_report(reeval: Reevaluation, run_dir, config: EvolveConfi
              f"| | architecture | {q} per seed | mean +- sd | search value | cache bytes | params |",
              "|---|---|---|---|---|---|---|"]
     for s in reeval.summaries:
-        per_seed = ", ".join(_fmt(v, 3) for v in s.values)
-        lines.append(f"| {s.kind} | {s.name} | {per_seed} | {_fmt(s.mean)} +- {_fmt(s.sd)} | {_fmt(s.search_value)} "
-                     f"| {s.cache_bytes if s.cache_bytes is not None else '-'} "
+        per_seed = ", ".join(fmt(v, 3) for v in s.values)
+        lines.append(f"| {s.kind} | {s.name} | {per_seed} | {fmt(s.mean, 4)} +- {fmt(s.sd, 4)} "
+                     f"| {fmt(s.search_value, 4)} | {s.cache_bytes if s.cache_bytes is not None else '-'} "
                      f"| {s.params if s.params is not None else '-'} |")
     lines += ["", f"Paired differences (front genome minus baseline; negative = the front genome is better):", "",
               "| front genome | baseline | mean difference | simultaneous 95% interval | verdict |", "|---|---|---|---|---|"]
     short = {s.genome: s.name for s in reeval.summaries}
     for c in reeval.comparisons:
-        lines.append(f"| {short.get(c.genome, c.genome)} | {c.baseline} | {_fmt(c.mean)} | "
-                     f"[{_fmt(c.low)}, {_fmt(c.high)}] | {c.verdict} |")
+        lines.append(f"| {short.get(c.genome, c.genome)} | {c.baseline} | {fmt(c.mean, 4)} | "
+                     f"[{fmt(c.low, 4)}, {fmt(c.high, 4)}] | {c.verdict} |")
     md = run_dir / "reevaluation.md"
     md.write_text("\n".join(lines) + "\n", encoding="utf-8")
 

@@ -8,6 +8,9 @@ from typing import Sequence
 
 import numpy as np
 
+from star_jax.evolve.display import fmt as _fmt
+from star_jax.evolve.records import EvalRecord
+
 __all__ = ["write_report", "print_front", "front_rows", "front_markdown", "plane_front", "dominated_front_points",
            "short_label", "axis_label", "plane_figure", "hypervolume_figure", "normalized_hypervolume"]
 
@@ -28,23 +31,11 @@ _LABEL_CHARS = 32   # a plot label longer than this is summarised by class count
 _MAX_LABELS = 12    # front points labelled per plot (evenly spread when the front is longer)
 
 
-def _fmt(value) -> str:
-    if value is None:
-        return "-"
-    if isinstance(value, float):
-        if not math.isfinite(value):
-            return str(value)
-        if abs(value) >= 1e4:
-            return f"{value:.3e}"
-        return f"{value:.4g}"
-    return str(value)
-
-
-def front_rows(records: Sequence[dict], objectives: Sequence[str]) -> tuple[list[str], list[list[str]]]:
+def front_rows(records: Sequence[EvalRecord], objectives: Sequence[str]) -> tuple[list[str], list[list[str]]]:
     """Header and rows of a front table: architecture, objectives, params, cache bytes, genome.
 
     Arguments:
-        records: evaluation records (e.g. ``EvolveResult.front_records``).
+        records: evaluation records (e.g. ``EvolveResult.front_records``; their JSON objects work too).
         objectives: objective names (columns).
 
     Returns:
@@ -53,14 +44,15 @@ def front_rows(records: Sequence[dict], objectives: Sequence[str]) -> tuple[list
     sizes = [k for k in ("params", "cache_bytes") if k not in objectives]
     header = ["#", "architecture", *objectives, *sizes, "genome"]
     rows = []
-    for i, r in enumerate(records):
-        arch = f"{r['baseline']}: {r.get('short', '')}" if "baseline" in r else r.get("short", "")
-        rows.append([str(i), arch, *[_fmt(r["objectives"].get(k)) for k in objectives],
-                     *[_fmt(r.get(k)) for k in sizes], r.get("genome", "")])
+    for i, r in enumerate(map(EvalRecord.coerce, records)):
+        short = r.short or ""
+        arch = f"{r.baseline}: {short}" if r.baseline is not None else short
+        rows.append([str(i), arch, *[_fmt(r.objective(k)) for k in objectives],
+                     *[_fmt(getattr(r, k)) for k in sizes], r.genome])
     return header, rows
 
 
-def front_markdown(records: Sequence[dict], objectives: Sequence[str]) -> str:
+def front_markdown(records: Sequence[EvalRecord], objectives: Sequence[str]) -> str:
     """A markdown table of a front.
 
     Arguments:
@@ -116,22 +108,16 @@ def print_front(result, console=None) -> None:
 
 
 # ------------------------------------------------------------------------------------ plot data
-def _feasible(record: dict) -> bool:
-    v = record.get("violation")
-    return v is not None and v <= 0
-
-
-def _xy(record: dict, y_key: str, x_key: str):
+def _xy(record: EvalRecord, y_key: str, x_key: str):
     """(x, y) of a record in a plane, or None when either is missing or not finite."""
-    y = record["objectives"].get(y_key) if y_key in record.get("objectives", {}) else record.get(y_key)
-    x = record["objectives"].get(x_key) if x_key in record.get("objectives", {}) else record.get(x_key)
+    y, x = record.value(y_key), record.value(x_key)
     if x is None or y is None:
         return None
     x, y = float(x), float(y)
     return (x, y) if math.isfinite(x) and math.isfinite(y) else None
 
 
-def plane_front(records: Sequence[dict], y_key: str, x_key: str) -> list[dict]:
+def plane_front(records: Sequence[EvalRecord], y_key: str, x_key: str) -> list[EvalRecord]:
     """The Pareto front of one plane: the feasible records with finite ``x_key`` and ``y_key``
     that no other such record beats in both (both minimised), sorted by ``x_key``.
 
@@ -148,7 +134,8 @@ def plane_front(records: Sequence[dict], y_key: str, x_key: str) -> list[dict]:
     Returns:
         The front's records, by increasing ``x_key`` (records with equal values all kept).
     """
-    kept = [(r, xy) for r in records if _feasible(r) and (xy := _xy(r, y_key, x_key)) is not None]
+    records = [EvalRecord.coerce(r) for r in records]
+    kept = [(r, xy) for r in records if r.feasible and (xy := _xy(r, y_key, x_key)) is not None]
     if not kept:
         return []
     pts = np.array([xy for _, xy in kept], dtype=np.float64)  # [n, 2]: x, y
@@ -159,7 +146,7 @@ def plane_front(records: Sequence[dict], y_key: str, x_key: str) -> list[dict]:
     return [kept[i][0] for i in order if not dominated[i]]
 
 
-def dominated_front_points(baseline: dict, front: Sequence[dict], y_key: str, x_key: str) -> list[int]:
+def dominated_front_points(baseline: EvalRecord, front: Sequence[EvalRecord], y_key: str, x_key: str) -> list[int]:
     """Indices of the plane-front records a baseline dominates in that plane.
 
     Arguments:
@@ -170,11 +157,11 @@ def dominated_front_points(baseline: dict, front: Sequence[dict], y_key: str, x_
     Returns:
         The indices into ``front`` (empty when the baseline has no finite point there).
     """
-    b = _xy(baseline, y_key, x_key)
+    b = _xy(EvalRecord.coerce(baseline), y_key, x_key)
     if b is None:
         return []
     out = []
-    for i, r in enumerate(front):
+    for i, r in enumerate(map(EvalRecord.coerce, front)):
         f = _xy(r, y_key, x_key)
         if f is not None and b[0] <= f[0] and b[1] <= f[1] and (b[0] < f[0] or b[1] < f[1]):
             out.append(i)
@@ -219,8 +206,8 @@ def short_label(short: str) -> str:
     return summary if len(summary) < len(label) else label
 
 
-def _label(record: dict) -> str:
-    return short_label(record.get("short") or record.get("genome", "?"))
+def _label(record: EvalRecord) -> str:
+    return short_label(record.short or record.genome or "?")
 
 
 def axis_label(name: str, result=None, log: bool = False) -> str:
@@ -261,8 +248,8 @@ def normalized_hypervolume(result):
     objectives = result.config.objectives
     rows = []
     for r in result.archive.values():
-        if _feasible(r):
-            vals = [r["objectives"].get(k) for k in objectives]
+        if r.feasible:
+            vals = [r.objective(k) for k in objectives]
             if all(v is not None and math.isfinite(float(v)) for v in vals):
                 rows.append([float(v) for v in vals])
     if not rows:
@@ -323,8 +310,8 @@ def plane_figure(result, x_key: str, y_key: str | None = None):
             ax.annotate(_label(front[i]), fxy[i], xytext=(-6 if left else 6, 6 if k % 2 == 0 else -11),
                         textcoords="offset points", ha="right" if left else "left", fontsize=7, color="darkred",
                         zorder=5)
-    run_front = {r["hash"] for r in result.front_records} - {r["hash"] for r in front}
-    others = [xy for r in records if r["hash"] in run_front and (xy := _xy(r, y_key, x_key)) is not None]
+    run_front = {r.hash for r in result.front_records} - {r.hash for r in front}
+    others = [xy for r in records if r.hash in run_front and (xy := _xy(r, y_key, x_key)) is not None]
     if others:
         ax.scatter([p[0] for p in others], [p[1] for p in others], s=42, facecolors="none", edgecolors="tab:red",
                    zorder=3, label=f"on the run's front ({', '.join(result.config.objectives)}) only")
@@ -335,10 +322,10 @@ def plane_figure(result, x_key: str, y_key: str | None = None):
             continue
         all_x.append(b[0])
         dominated = dominated_front_points(r, front, y_key, x_key)
-        ax.scatter([b[0]], [b[1]], s=80, marker=_BASELINE_MARKERS.get(r["baseline"], "*"), zorder=4,
-                   edgecolors="black", label=f"baseline: {r['baseline']}")
+        ax.scatter([b[0]], [b[1]], s=80, marker=_BASELINE_MARKERS.get(r.baseline, "*"), zorder=4,
+                   edgecolors="black", label=f"baseline: {r.baseline}")
         if dominated:
-            ax.annotate(f"{r['baseline']} dominates {len(dominated)} front point{'s' if len(dominated) > 1 else ''}",
+            ax.annotate(f"{r.baseline} dominates {len(dominated)} front point{'s' if len(dominated) > 1 else ''}",
                         b, xytext=(8, -14), textcoords="offset points", fontsize=7, fontweight="bold", zorder=6,
                         bbox={"boxstyle": "round,pad=0.2", "facecolor": "white", "alpha": 0.8, "lw": 0})
             for i in dominated:
@@ -409,12 +396,12 @@ def seed_noise_markdown(result) -> str:
     """
     from star_jax.evolve.reevaluate import compare_over_seeds
 
-    def errors(r):
-        accs = r.get("seed_test_accuracy")
-        return None if not isinstance(accs, list) else [None if a is None else 1.0 - a for a in accs]
+    def errors(r: EvalRecord):
+        accs = r.seed_test_accuracy
+        return None if accs is None else [None if a is None else 1.0 - a for a in accs]
 
-    front = [(r.get("short") or r["genome"], errors(r)) for r in result.front_records]
-    bases = [(r.get("baseline") or r.get("short"), errors(r)) for r in result.baselines]
+    front = [(r.short or r.genome, errors(r)) for r in result.front_records]
+    bases = [(r.baseline or r.short, errors(r)) for r in result.baselines]
     if not bases:
         return "No baselines in this run.\n"
     if any(v is None or len(v) < 2 for _, v in front + bases):

@@ -1,0 +1,299 @@
+"""Evaluation of candidates: sizes, training (over seeds, through the population engine), objectives,
+and the scores of records (objective matrix, Pareto front, hypervolume) the loop and reports share."""
+from __future__ import annotations
+
+import math
+import warnings
+from typing import Callable, Mapping, Sequence
+
+import numpy as np
+
+from star_jax.evolve.config import EvolveConfig
+from star_jax.evolve.hypervolume import hypervolume
+from star_jax.evolve.nsga2 import non_dominated_sort
+from star_jax.evolve.objectives import get_objective
+from star_jax.evolve.records import Candidate, EvalRecord
+from star_jax.genome import Genome, GenomeError, baselines
+from star_jax.io.jsonutil import finite_or_none
+
+__all__ = ["Evaluator", "train_candidates", "evaluate", "record_failure", "baseline_genomes", "batch_size",
+           "objective_matrix", "pareto_front", "derive_reference", "front_hypervolume"]
+
+Evaluator = Callable[..., list]
+"""``evaluator(genomes, config, task, *, on_candidate=None) -> [metrics dict per genome]`` with the
+keys of ``star_jax.train``'s final metrics (``train_loss``, ``test_loss``, ``test_accuracy``,
+``diverged``, ...). It must be deterministic per genome."""
+
+
+# ---------------------------------------------------------------------------------- genomes
+def baseline_genomes(n_liv: int) -> dict[str, Genome]:
+    """The baselines of a backbone length: Transformer++, StripedMamba, LFM2-like.
+
+    StripedMamba puts one attention mixer in ``min(4, n_liv // 2)`` (so even a 4-LIV backbone
+    has one); LFM2-like has ``n_liv // 2`` mixers. Odd lengths have no baselines.
+
+    Arguments:
+        n_liv: backbone length.
+
+    Returns:
+        name -> genome (empty for odd ``n_liv``).
+    """
+    if n_liv < 2 or n_liv % 2:
+        return {}
+    return {
+        "Transformer++": baselines.transformer_pp(n_liv),
+        "StripedMamba": baselines.striped_mamba(n_liv, attention_every=min(4, n_liv // 2)),
+        "LFM2-like": baselines.lfm2_like(n_liv // 2),
+    }
+
+
+def batch_size(config: EvolveConfig) -> int:
+    """The most candidates one generation trains in one call: the initial population plus the
+    baselines (generation 0), or the offspring of a later generation."""
+    first = config.pop_size + (len(baseline_genomes(config.n_liv)) if config.baselines else 0)
+    return max(first, config.n_offspring or config.pop_size)
+
+
+# ---------------------------------------------------------------------------------- training
+_WARNED: set = set()
+
+
+def train_candidates(genomes: Sequence[Genome], config: EvolveConfig, task, *,
+                     on_candidate: Callable[[int], None] | None = None) -> list[dict]:
+    """The default evaluator: trains genomes with the population engine in one call, or one by one.
+
+    Uses ``star_jax.population.train_population`` with ``config.strategy`` ("auto":
+    "sequential", see ``star_jax.evolve.config.STRATEGIES``) when the engine and the strategy are
+    available (checked at call time), else ``star_jax.train`` per genome. Both give each
+    candidate the same metrics as training it alone.
+
+    Arguments:
+        genomes: the genomes to train.
+        config: the run config (model, train and strategy are used).
+        task: the fitness task.
+        on_candidate: called with the number of candidates done so far, as they finish.
+
+    Returns:
+        One metrics dict per genome (``star_jax.train`` final metrics).
+    """
+    if not genomes:
+        return []
+    strategy = config.strategy
+    if strategy == "auto":
+        # one by one through the part programs: nothing compiles for a genome of known LIV kinds
+        strategy = "sequential"
+    if strategy != "sequential":
+        try:
+            from star_jax.population import STRATEGIES, train_population
+        except ImportError:
+            train_population, STRATEGIES = None, ()
+        if train_population is not None and strategy in STRATEGIES:
+            # "data" reuses its compiled step only for one number of candidates: every call is
+            # padded to the largest batch of the run (padding candidates cost no training).
+            pad_to = max(batch_size(config), len(genomes)) if strategy == "data" else None
+            try:
+                result = train_population(list(genomes), config.model, task, config.train, strategy=strategy,
+                                          pad_to=pad_to)
+            except (ImportError, NotImplementedError) as e:
+                if strategy not in _WARNED:
+                    _WARNED.add(strategy)
+                    warnings.warn(f"population strategy {strategy!r} is unavailable ({e}); training "
+                                  f"candidates one by one", RuntimeWarning, stacklevel=2)
+            else:
+                if on_candidate is not None:
+                    on_candidate(len(genomes))
+                return [dict(m) for m in result.metrics[: len(genomes)]]
+    from star_jax.train import train
+    from star_jax.train.parts import warm_up_genomes
+
+    warm_up_genomes(genomes, config.model, task, config.train.batch_size)  # new LIV kinds, side by side
+    out = []
+    for i, g in enumerate(genomes):
+        out.append(dict(train(g, config.model, task, config.train, progress=False).metrics))
+        if on_candidate is not None:
+            on_candidate(i + 1)
+    return out
+
+
+_MEAN_KEYS = ("train_loss", "test_loss", "test_accuracy")
+
+
+def _train_over_seeds(genomes: Sequence[Genome], config: EvolveConfig, task, evaluator: Evaluator,
+                      on_candidate=None) -> list[dict]:
+    """Metrics of each genome over ``config.train_seeds`` training seeds (one evaluator call per
+    seed): losses and accuracy averaged, ``diverged`` if any seed diverged, and the per-seed
+    accuracies (``seed_test_accuracy``) with their sd (``test_accuracy_sd``) recorded."""
+    r = config.train_seeds
+    if r == 1:
+        return list(evaluator(genomes, config, task, on_candidate=on_candidate))
+    runs = []
+    for i in range(r):
+        cfg = config.replace(train=config.train.replace(seed=config.train.seed + i))
+        tick = None if on_candidate is None else (lambda k, i=i: on_candidate((i * len(genomes) + k) // r))
+        runs.append(list(evaluator(genomes, cfg, task, on_candidate=tick)))
+    out = []
+    for j in range(len(genomes)):
+        per_seed = [run[j] for run in runs]
+        merged = dict(per_seed[0])
+        for key in _MEAN_KEYS:
+            vals = [m.get(key) for m in per_seed]
+            ok = all(v is not None and math.isfinite(float(v)) for v in vals)
+            merged[key] = float(np.mean([float(v) for v in vals])) if ok else math.nan
+        merged["diverged"] = any(bool(m.get("diverged")) for m in per_seed)
+        accs = [finite_or_none(m.get("test_accuracy")) for m in per_seed]
+        merged["seed_test_accuracy"] = accs
+        finite = [a for a in accs if a is not None]
+        merged["test_accuracy_sd"] = float(np.std(finite, ddof=1)) if len(finite) > 1 else math.nan
+        out.append(merged)
+    return out
+
+
+# ---------------------------------------------------------------------------------- records
+def _size_metrics(genome: Genome, config: EvolveConfig) -> tuple[dict, str | None]:
+    """Analytic params and cache bytes, or the error that makes the genome unbuildable."""
+    from star_jax.metrics import cache_bytes, param_count
+    from star_jax.model import ConfigError, compile_genome
+
+    try:
+        program = compile_genome(genome, config.model)
+        return {"params": param_count(program),
+                "cache_bytes": cache_bytes(program, seq_len=config.cache_seq_len,
+                                           bytes_per_elem=config.cache_bytes_per_elem)}, None
+    except (GenomeError, ConfigError, ValueError) as e:
+        return {"params": None, "cache_bytes": None}, f"{type(e).__name__}: {e}"
+
+
+def record_failure(record: Mapping) -> str | None:
+    """Why an evaluation record's genome could not be built or evaluated (None: it was).
+
+    The top-level field is ``failure``; records written before it was renamed call it
+    ``error`` (not to be confused with ``objectives["error"]``, 1 - accuracy), and both are read.
+
+    Arguments:
+        record: an ``EvalRecord``, or a record's JSON object.
+
+    Returns:
+        The failure message, or None.
+    """
+    if isinstance(record, EvalRecord):
+        return record.failure
+    return record.get("failure", record.get("error") if isinstance(record.get("error"), str) else None)
+
+
+def _finish_record(record: dict, config: EvolveConfig) -> dict:
+    """Adds objectives and the total constraint violation (None stands for non-finite); the
+    objectives and constraints read the record's JSON object."""
+    objectives = {}
+    for name in config.objectives:
+        value = get_objective(name)(record) if record.get("failure") is None else math.nan
+        objectives[name] = finite_or_none(value)
+    violation = 0.0
+    if record.get("failure") is not None:
+        violation = math.inf
+    else:
+        for c in config.constraint_objects():
+            violation += c.violation(record)
+    record["objectives"] = objectives
+    record["violation"] = finite_or_none(violation)
+    return record
+
+
+def evaluate(candidates: Sequence[Candidate], config: EvolveConfig, task, evaluator: Evaluator,
+             on_candidate: Callable[[int], None] | None = None) -> list[EvalRecord]:
+    """Evaluation records of candidates: sizes, training in one evaluator call per training seed
+    (``config.train_seeds``; genomes that cannot be built are not trained and record why),
+    optional decode latency, objectives and constraint violation.
+
+    Arguments:
+        candidates: what to evaluate (each record gets its candidate's generation).
+        config: the run config.
+        task: the fitness task.
+        evaluator: the training function (see ``Evaluator``).
+        on_candidate: progress callback, the number of candidates trained so far.
+
+    Returns:
+        One ``EvalRecord`` per candidate, in order (``baseline`` is not set here).
+    """
+    genomes = [c.to_genome() for c in candidates]
+    sized = [_size_metrics(g, config) for g in genomes]
+    trainable = [g for g, (_, err) in zip(genomes, sized) if err is None]
+    metrics = iter(_train_over_seeds(trainable, config, task, evaluator, on_candidate) if trainable else [])
+    records = []
+    for c, g, (size, err) in zip(candidates, genomes, sized):
+        record = {"hash": c.hash, "genome": c.genome, "short": g.short(), "generation": int(c.generation),
+                  **size, "failure": err}
+        m = next(metrics) if err is None else {}
+        for key in ("train_loss", "test_loss", "test_accuracy", "diverged", "steps_run"):
+            record[key] = finite_or_none(m.get(key))
+        for key, value in m.items():  # extra keys an evaluator reports (e.g. mad_score)
+            if key not in record and key != "params":
+                record[key] = [finite_or_none(v) for v in value] if isinstance(value, list) else finite_or_none(value)
+        record["loss"] = record["test_loss"]
+        record["accuracy"] = None if record.get("diverged") else record["test_accuracy"]
+        if config.needs_latency():
+            latency = None
+            if err is None:
+                from star_jax.evolve.latency import measure_decode_latency
+
+                latency = measure_decode_latency(g, config.model, n_tokens=config.latency_tokens)
+            record["latency_ms"] = latency
+        records.append(EvalRecord.from_json(_finish_record(record, config)))
+    return records
+
+
+# ---------------------------------------------------------------------------------- scores
+def objective_matrix(records: Sequence[EvalRecord], config: EvolveConfig) -> tuple[np.ndarray, np.ndarray]:
+    """[n, n_objectives] objectives (NaN for None) and [n] violations (inf for None)."""
+    records = [EvalRecord.coerce(r) for r in records]
+    f = np.array([[np.nan if r.objectives[k] is None else r.objectives[k] for k in config.objectives]
+                  for r in records], dtype=np.float64).reshape(len(records), len(config.objectives))
+    cv = np.array([np.inf if r.violation is None else r.violation for r in records], dtype=np.float64)
+    return f, cv
+
+
+def _feasible_finite(records, config) -> tuple[np.ndarray, np.ndarray]:
+    """The objective matrix and the mask of feasible records with finite objectives."""
+    f, cv = objective_matrix(records, config)
+    return f, np.all(np.isfinite(f), axis=1) & (cv <= 0)
+
+
+def pareto_front(records: Sequence[EvalRecord], config: EvolveConfig) -> list[EvalRecord]:
+    """The non-dominated feasible records with finite objectives, sorted by objectives.
+
+    Arguments:
+        records: evaluation records.
+        config: the run config (objective names).
+
+    Returns:
+        The front's records (duplicates of one objective vector all kept).
+    """
+    records = list(records)
+    if not records:
+        return []
+    f, ok = _feasible_finite(records, config)
+    idx = np.flatnonzero(ok)
+    if idx.size == 0:
+        return []
+    rank = non_dominated_sort(f[idx])
+    front = idx[rank == 0]
+    order = np.lexsort(tuple(f[front, j] for j in reversed(range(f.shape[1]))))
+    return [records[i] for i in front[order]]
+
+
+def derive_reference(records: Sequence[EvalRecord], config: EvolveConfig) -> tuple[float, ...] | None:
+    """Nadir + 10% of the range of the feasible finite records (None when there is none)."""
+    f, ok = _feasible_finite(records, config)
+    if not ok.any():
+        return None
+    lo, hi = f[ok].min(axis=0), f[ok].max(axis=0)
+    span = hi - lo
+    pad = np.where(span > 0, 0.1 * span, np.maximum(0.1 * np.abs(hi), 1e-9))
+    return tuple(float(x) for x in hi + pad)
+
+
+def front_hypervolume(records: Sequence[EvalRecord], config: EvolveConfig, ref) -> float:
+    """The hypervolume of the feasible finite records w.r.t. ``ref`` (0 without ``ref``)."""
+    if ref is None or not records:
+        return 0.0
+    f, ok = _feasible_finite(records, config)
+    return hypervolume(f[ok], np.asarray(ref)) if ok.any() else 0.0

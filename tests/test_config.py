@@ -190,8 +190,6 @@ def test_nsga2_options_are_keyword_arguments_of_the_strategy():
         assert getattr(strategy, name) == value
 
 
-@pytest.mark.xfail(reason="the evolution loop builds its NSGA2 from mutation_prob, crossover_points and "
-                          "elitism only; it should pass **config.nsga2_options()", strict=False)
 def test_the_evolution_loop_uses_every_nsga2_option():
     from star_jax.evolve import loop
 

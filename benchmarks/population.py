@@ -63,7 +63,6 @@ def _worker(args) -> dict:
             events.append((time.perf_counter(), duration))
 
     jax.monitoring.register_event_duration_secs_listener(listen)
-    import numpy as np
 
     import star_jax as sj
     from star_jax import tasks

@@ -19,7 +19,6 @@ Python standard library sources (bytes_lm). Three scales:
 from __future__ import annotations
 
 import argparse
-import json
 import pathlib
 import sys
 

@@ -11,8 +11,7 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 import numpy as np
 
 from star_jax.io.jsonutil import finite_or_none  # noqa: F401  (re-exported for the scripts)
-
-BASELINE_NAMES = ("Transformer++", "StripedMamba", "LFM2-like")
+from star_jax.genome.baselines import ROSTER as BASELINE_NAMES  # the one roster
 
 
 class StudyError(Exception):
@@ -171,15 +170,14 @@ def baseline_genome(name: str, n_liv: int):
 
     For LFM2-like, ``n_liv`` is twice the number of mixers.
     """
-    import star_jax as sj
+    from star_jax.genome import baselines
 
-    if name == "Transformer++":
-        return sj.baselines.transformer_pp(n_liv)
-    if name == "StripedMamba":
-        return sj.baselines.striped_mamba(n_liv, attention_every=min(4, n_liv // 2))
-    if name == "LFM2-like":
-        return sj.baselines.lfm2_like(n_liv // 2)
-    raise StudyError(f"unknown baseline {name!r}; valid: {', '.join(BASELINE_NAMES)}")
+    if name not in baselines.ROSTER:
+        raise StudyError(f"unknown baseline {name!r}; valid: {', '.join(baselines.ROSTER)}")
+    genome = baselines.roster(n_liv).get(name)
+    if genome is None:
+        raise StudyError(f"baseline {name!r} needs an even n_liv >= 2, got {n_liv}")
+    return genome
 
 
 def _params(genome, cfg) -> int | None:

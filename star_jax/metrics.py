@@ -65,16 +65,3 @@ def cache_bytes(genome: Genome | str | Program, cfg: ModelConfig | None = None, 
 def _check_positive(name: str, value) -> None:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
         raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
-
-
-def liv_breakdown(genome: Genome | str, cfg: ModelConfig, seq_len: int = 4096, bytes_per_elem: int = 2) -> list[dict]:
-    """Per-LIV parameters (featurizer counted at its owner) and cache bytes, for reports."""
-    prog = _program(genome, cfg)
-    rows = []
-    for s in prog.slots:
-        p = cfg.width + s.mixer.param_count()
-        if s.featurizer_owner == s.index:
-            p += s.featurizer.param_count(groups=prog.owner_groups(s.index))
-        cb = s.featurizer.state_elems(groups=s.compute_groups) + (0 if s.readonly_cache else s.mixer.state_elems(seq_len))
-        rows.append({"index": s.index, "class": s.name, "params": int(p), "cache_bytes": int(cb * bytes_per_elem)})
-    return rows

@@ -8,7 +8,6 @@ import sys
 import numpy as np
 import pytest
 
-import star_jax
 from star_jax import tasks
 from star_jax.evolve import EvolveConfig
 from star_jax.evolve.ask_tell import NSGA2, uniform_mutation

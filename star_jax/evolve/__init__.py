@@ -31,8 +31,6 @@ from star_jax.evolve.reevaluate import Reevaluation, reevaluate
 from star_jax.evolve.objectives import (
     Constraint,
     Objective,
-    constraint_violations,
-    evaluate_objectives,
     get_objective,
     objective_names,
     register_objective,
@@ -55,9 +53,7 @@ __all__ = [
     "Constraint",
     "Objective",
     "constrained_rank",
-    "constraint_violations",
     "crowding_distance",
-    "evaluate_objectives",
     "get_objective",
     "hypervolume",
     "k_point_crossover",

@@ -508,7 +508,7 @@ def commented_config(config: EvolveConfig | str = "quick") -> dict[str, Any]:
     name = config if isinstance(config, str) else None
     if name is not None:
         config = preset(name)
-    about = [f"star-jax evolution config" + (f", preset {name!r}: {PRESETS[name][0]}." if name else "."),
+    about = ["star-jax evolution config" + (f", preset {name!r}: {PRESETS[name][0]}." if name else "."),
              "Keys starting with '_' are comments (JSON has none) and are ignored; a field left out "
              "takes its default; help(star_jax.EvolveConfig) documents every field.",
              "Run: star-jax evolve --config THIS_FILE --run-dir runs/NAME. Rerun the same command to "

@@ -38,13 +38,7 @@ def baseline_genomes(n_liv: int) -> dict[str, Genome]:
     Returns:
         name -> genome (empty for odd ``n_liv``).
     """
-    if n_liv < 2 or n_liv % 2:
-        return {}
-    return {
-        "Transformer++": baselines.transformer_pp(n_liv),
-        "StripedMamba": baselines.striped_mamba(n_liv, attention_every=min(4, n_liv // 2)),
-        "LFM2-like": baselines.lfm2_like(n_liv // 2),
-    }
+    return baselines.roster(n_liv)
 
 
 def batch_size(config: EvolveConfig) -> int:

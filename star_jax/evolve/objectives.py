@@ -11,7 +11,6 @@ import dataclasses
 import math
 from typing import Callable, Mapping, Sequence
 
-import numpy as np
 
 __all__ = [
     "Objective",
@@ -19,8 +18,6 @@ __all__ = [
     "register_objective",
     "get_objective",
     "objective_names",
-    "evaluate_objectives",
-    "constraint_violations",
 ]
 
 Record = Mapping[str, object]
@@ -33,7 +30,7 @@ class Objective:
     Attributes:
         name: registry name.
         fn: ``fn(record) -> float``, smaller is better.
-        needs: record keys the objective reads (tells the evaluator what to measure).
+        needs: record keys the objective reads (named in the error when one is missing).
         description: one line for help texts and reports.
     """
 
@@ -190,38 +187,3 @@ class Constraint:
         if not math.isfinite(value):
             return math.inf
         return max(0.0, value - float(self.max_value))
-
-
-def evaluate_objectives(names: Sequence[str], records: Sequence[Record]) -> np.ndarray:
-    """Objective matrix of a list of records.
-
-    Arguments:
-        names: objective names, one column each.
-        records: evaluation records, one row each.
-
-    Returns:
-        [len(records), len(names)] float64 array (may hold NaN for failed candidates).
-    """
-    objectives = [get_objective(n) for n in names]
-    out = np.empty((len(records), len(objectives)), dtype=np.float64)
-    for i, record in enumerate(records):
-        for j, obj in enumerate(objectives):
-            out[i, j] = obj(record)
-    return out
-
-
-def constraint_violations(constraints: Sequence[Constraint], records: Sequence[Record]) -> np.ndarray:
-    """Per-constraint violations of a list of records.
-
-    Arguments:
-        constraints: the constraints, one column each.
-        records: evaluation records, one row each.
-
-    Returns:
-        [len(records), len(constraints)] float64 non-negative violations (0 = satisfied).
-    """
-    out = np.zeros((len(records), len(constraints)), dtype=np.float64)
-    for i, record in enumerate(records):
-        for j, c in enumerate(constraints):
-            out[i, j] = c.violation(record)
-    return out

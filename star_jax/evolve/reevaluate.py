@@ -270,7 +270,7 @@ def write_reevaluation_report(reeval: Reevaluation, run_dir, config: EvolveConfi
         lines.append(f"| {s.kind} | {s.name} | {per_seed} | {fmt(s.mean, 4)} +- {fmt(s.sd, 4)} "
                      f"| {fmt(s.search_value, 4)} | {s.cache_bytes if s.cache_bytes is not None else '-'} "
                      f"| {s.params if s.params is not None else '-'} |")
-    lines += ["", f"Paired differences (front genome minus baseline; negative = the front genome is better):", "",
+    lines += ["", "Paired differences (front genome minus baseline; negative = the front genome is better):", "",
               "| front genome | baseline | mean difference | simultaneous 95% interval | verdict |", "|---|---|---|---|---|"]
     short = {s.genome: s.name for s in reeval.summaries}
     for c in reeval.comparisons:

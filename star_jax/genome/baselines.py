@@ -45,3 +45,30 @@ def lfm2_like(n_mixers: int = 16) -> Genome:
         attn = {int((i + 1) * n_mixers / (n_attn + 1)) for i in range(n_attn)}
     mixers = [SA3 if m in attn else GCONV1 for m in range(n_mixers)]
     return _plain([x for m in mixers for x in (m, SWIGLU)])
+
+
+ROSTER = ("Transformer++", "StripedMamba", "LFM2-like")
+"""The baseline architectures every evolution run trains beside its candidates, in this order."""
+
+
+def roster(n_liv: int) -> dict[str, Genome]:
+    """The baseline architectures of a backbone length, as evolution trains them.
+
+    Transformer++ and StripedMamba of ``n_liv`` LIVs (StripedMamba with attention every
+    ``min(4, n_liv // 2)`` pairs) and LFM2-like with ``n_liv // 2`` mixers (each followed by
+    SwiGLU: ``n_liv`` LIVs).
+
+    Arguments:
+        n_liv: backbone length.
+
+    Returns:
+        name -> genome, in ``ROSTER`` order; empty for an odd ``n_liv`` or one below 2 (the three
+        layouts alternate a mixer with SwiGLU).
+    """
+    if n_liv < 2 or n_liv % 2:
+        return {}
+    return {
+        "Transformer++": transformer_pp(n_liv),
+        "StripedMamba": striped_mamba(n_liv, attention_every=min(4, n_liv // 2)),
+        "LFM2-like": lfm2_like(n_liv // 2),
+    }

@@ -6,11 +6,9 @@ import time
 from typing import Any, Sequence
 
 import jax
-import jax.numpy as jnp
 
 from star_jax.genome import Genome
 from star_jax.model.config import ModelConfig
-from star_jax.model.model import build_model
 from star_jax.train.config import TrainConfig
 from star_jax.train.loop import train as train_one
 from star_jax.train.optim import FlatLayout, make_flat_optimizer

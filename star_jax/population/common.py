@@ -11,6 +11,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from star_jax.genome import Genome
 from star_jax.model.config import ModelConfig
 from star_jax.model.model import build_model
 from star_jax.train import parts

@@ -170,3 +170,23 @@ def test_generate_uses_decode_path():
     assert out.shape == (1, 9)
     full = model.apply(params, out[:, :-1])
     np.testing.assert_array_equal(np.asarray(jnp.argmax(full[:, 3:], -1)), np.asarray(out[:, 4:]))
+
+
+def test_parameter_keys_come_from_the_program():
+    """Every trainer addresses a LIV's parameters by ``Program.param_names``: they must be the
+    keys StarModel's flax tree really has (a LIV sharing featurizer weights reads its leader's)."""
+    from star_jax.model.program import parse_param_name
+
+    cfg = ModelConfig(width=16, vocab_size=8, max_len=8, head_dim=8, window=4)
+    genome = Genome.from_string("1.2.2.1.1-9.1.1.1.1-1.2.2.1.1-9.1.1.1.1")  # LIVs 0 and 2 share weights
+    model = build_model(genome, cfg)
+    params = model.init(jax.random.key(0), jnp.zeros((1, 8), jnp.int32))["params"]
+    program = model.program
+    expected = {"embed", "final_norm", "head"}
+    for i in range(len(genome)):
+        names = program.param_names(i)
+        expected |= {names["norm"], names["mixer"], names["featurizer"]}
+    assert set(params) == expected
+    assert program.param_names(2)["featurizer"] == program.param_names(0)["featurizer"] == "featurizers_0"
+    assert parse_param_name("mixers_12") == ("mixers", 12)
+    assert parse_param_name("head") is None and parse_param_name("mixers_x") is None

@@ -54,12 +54,41 @@ class SlotSpec:
         return (self.featurizer, self.mixer, self.compute_groups, self.shared_groups, self.readonly_cache)
 
 
+PARAM_COLLECTIONS = ("norms", "featurizers", "mixers")
+"""The per-LIV module collections of a backbone's parameter tree, beside ``embed``,
+``final_norm`` and ``head``."""
+
+
+def param_name(collection: str, index: int) -> str:
+    """The key of a per-LIV module in a backbone's parameter tree (``StarModel``'s, and every
+    trainer's): ``norms_{i}`` (LIV i's pre-norm), ``mixers_{i}``, ``featurizers_{i}`` (the
+    featurizer weights LIV i owns)."""
+    if collection not in PARAM_COLLECTIONS:
+        raise ValueError(f"unknown parameter collection {collection!r}; valid: {', '.join(PARAM_COLLECTIONS)}")
+    return f"{collection}_{index}"
+
+
+def parse_param_name(name: str) -> tuple[str, int] | None:
+    """The inverse of ``param_name``: ``(collection, index)``, or None for ``embed``,
+    ``final_norm``, ``head`` and any other key."""
+    collection, _, index = name.rpartition("_")
+    if collection in PARAM_COLLECTIONS and index.isdigit():
+        return collection, int(index)
+    return None
+
+
 @dataclasses.dataclass(frozen=True)
 class Program:
     """A compiled backbone: the slots plus the model config."""
 
     slots: tuple[SlotSpec, ...]
     cfg: ModelConfig
+
+    def param_names(self, i: int) -> dict[str, str]:
+        """LIV ``i``'s keys in the parameter tree: ``{"norm", "mixer", "featurizer"}`` (the
+        featurizer key is its owner's: a LIV sharing featurizer weights reads its leader's)."""
+        return {"norm": param_name("norms", i), "mixer": param_name("mixers", i),
+                "featurizer": param_name("featurizers", self.slots[i].featurizer_owner)}
 
     @property
     def featurizer_owners(self) -> tuple[int, ...]:

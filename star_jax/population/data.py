@@ -15,7 +15,7 @@ import numpy as np
 from star_jax.genome import Genome, get_liv_class, liv_classes
 from star_jax.model.config import ConfigError, ModelConfig
 from star_jax.model.model import RMSNorm
-from star_jax.model.program import FAMILY_BUILDERS, compile_genome
+from star_jax.model.program import FAMILY_BUILDERS, compile_genome, param_name, parse_param_name
 from star_jax.train.config import TrainConfig
 from star_jax.train.optim import FlatLayout, make_flat_optimizer
 from star_jax.train.step import apply_update, batch_keys, masked_loss_and_accuracy, masked_sums
@@ -173,10 +173,12 @@ def to_superset(params: dict, genome: Genome, pool: Pool, base: dict) -> dict:
     mix = [list(m) for m in base["mix"]]
     for i in range(len(genome)):
         b = pool.branches[code[0, i]]
-        norms[i] = _scatter(norms[i], p[f"norms_{i}"], f"norms_{i}")
-        mix[i][code[0, i]] = _scatter(mix[i][code[0, i]], p[f"mixers_{i}"], f"mixers_{i}")
-        if code[1, i] == i:
-            feat[i][b.feat_variant] = _scatter(feat[i][b.feat_variant], p[f"featurizers_{i}"], f"featurizers_{i}")
+        norm_key, mix_key = param_name("norms", i), param_name("mixers", i)
+        norms[i] = _scatter(norms[i], p[norm_key], norm_key)
+        mix[i][code[0, i]] = _scatter(mix[i][code[0, i]], p[mix_key], mix_key)
+        if code[1, i] == i:  # LIV i owns its featurizer weights
+            feat_key = param_name("featurizers", i)
+            feat[i][b.feat_variant] = _scatter(feat[i][b.feat_variant], p[feat_key], feat_key)
     return {
         "embed": jax.tree.map(np.asarray, p["embed"]),
         "final_norm": jax.tree.map(np.asarray, p["final_norm"]),
@@ -198,14 +200,14 @@ def from_superset(sp: dict, genome: Genome, pool: Pool, like: dict) -> dict:
     for name, sub in like["params"].items():
         if name in ("embed", "final_norm", "head"):
             out[name] = pick(sub, sp[name])
-        elif name.startswith("norms_"):
-            out[name] = pick(sub, sp["norms"][int(name[6:])])
-        elif name.startswith("mixers_"):
-            i = int(name[7:])
-            out[name] = pick(sub, sp["mix"][i][code[0, i]])
-        elif name.startswith("featurizers_"):
-            i = int(name[12:])
-            out[name] = pick(sub, sp["feat"][i][pool.branches[code[0, i]].feat_variant])
+        elif (parsed := parse_param_name(name)) is not None:
+            collection, i = parsed
+            if collection == "norms":
+                out[name] = pick(sub, sp["norms"][i])
+            elif collection == "mixers":
+                out[name] = pick(sub, sp["mix"][i][code[0, i]])
+            else:
+                out[name] = pick(sub, sp["feat"][i][pool.branches[code[0, i]].feat_variant])
     return {"params": out}
 
 

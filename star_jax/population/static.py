@@ -58,7 +58,8 @@ class StaticForward:
             for c, prog in enumerate(programs):
                 s = prog.slots[i]
                 p = params_list[c]["params"]
-                key = (s.signature, _layout(p[f"featurizers_{s.featurizer_owner}"]), _layout(p[f"mixers_{i}"]))
+                names = prog.param_names(i)
+                key = (s.signature, _layout(p[names["featurizer"]]), _layout(p[names["mixer"]]))
                 buckets.setdefault(key, []).append(c)
                 specs.setdefault(key, s)
             self.groups.append([(specs[k], tuple(v)) for k, v in buckets.items()])
@@ -83,9 +84,10 @@ class StaticForward:
                     return spec.mixer.apply({"params": mix_p}, feats), feats
 
                 progs = [self.programs[c].slots[i] for c in members]
-                norm_p = _stack([ps[c][f"norms_{i}"] for c in members])
-                feat_p = _stack([ps[c][f"featurizers_{s.featurizer_owner}"] for c, s in zip(members, progs)])
-                mix_p = _stack([ps[c][f"mixers_{i}"] for c in members])
+                names = [self.programs[c].param_names(i) for c in members]
+                norm_p = _stack([ps[c][n["norm"]] for c, n in zip(members, names)])
+                feat_p = _stack([ps[c][n["featurizer"]] for c, n in zip(members, names)])
+                mix_p = _stack([ps[c][n["mixer"]] for c, n in zip(members, names)])
                 x = jnp.stack([xs[c] for c in members])
                 shared = {g: jnp.stack([stash[c][s.feature_source][g] for c, s in zip(members, progs)])
                           for g in spec.shared_groups}

@@ -368,10 +368,11 @@ class PartModel:
         trees = [p.layout.unravel(np.asarray(v)[: p.layout.size]) for p, v in zip(self.progs, host)]
         out: dict[str, Any] = {"embed": trees[0]}
         for i, (k, t) in enumerate(zip(self.slot_kinds, trees[1:-1])):
-            out[f"norms_{i}"] = t["norm"]
-            out[f"mixers_{i}"] = t["mixer"]
-            if k.owner_groups is not None:
-                out[f"featurizers_{i}"] = t["featurizer"]
+            names = self.program.param_names(i)
+            out[names["norm"]] = t["norm"]
+            out[names["mixer"]] = t["mixer"]
+            if k.owner_groups is not None:  # LIV i owns its featurizer weights
+                out[names["featurizer"]] = t["featurizer"]
         out["final_norm"] = trees[-1]["norm"]
         out["head"] = trees[-1]["head"]
         return {"params": jax.device_put(out)}
@@ -381,9 +382,10 @@ class PartModel:
         p = params["params"] if "params" in params else params
         trees = [{"embedding": p["embed"]["embedding"]}]
         for i, k in enumerate(self.slot_kinds):
-            t = {"norm": p[f"norms_{i}"], "mixer": p[f"mixers_{i}"]}
+            names = self.program.param_names(i)
+            t = {"norm": p[names["norm"]], "mixer": p[names["mixer"]]}
             if k.owner_groups is not None:
-                t["featurizer"] = p[f"featurizers_{i}"]
+                t["featurizer"] = p[names["featurizer"]]
             trees.append(t)
         trees.append({"norm": p["final_norm"], "head": p["head"]})
         out = []

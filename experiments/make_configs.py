@@ -128,7 +128,7 @@ FAMILIES = {
     "accel_paper_lm": (_accel_paper, "bits_per_byte"),
 }
 
-_COMMON = {"mutation_prob": 0.1, "crossover_points": 2, "elitism": 2, "cache_seq_len": 4096,
+_COMMON = {"mutation_prob": 0.1, "crossover_points": 2, "elitism": 2, "cache_seq_len": 4096, "reevaluate_seeds": 5,
            "cache_bytes_per_elem": 2, "seed": 0, "baselines": True, "seed_baselines": False}
 
 

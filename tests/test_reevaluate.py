@@ -84,7 +84,7 @@ def test_a_real_advantage_is_called_better_and_a_rerun_trains_nothing(tmp_path):
     better = [c for c in out.comparisons if c.verdict == "better"]
     assert better and all(c.baseline == "Transformer++" or c.baseline == "LFM2-like" for c in better)
     lines = [json.loads(x) for x in (run / REEVAL_FILE).read_text().splitlines()]
-    assert len(lines) == 4 * len(out.summaries)
+    assert len(lines) == 4 * len({s.hash for s in out.summaries})  # one line per genome and seed
     ev.calls.clear()
     again = reevaluate(run, seeds=4, evaluator=ev)
     assert ev.calls == [] and again == out
@@ -134,3 +134,39 @@ def test_noise_aware_selection_scores_the_mean_over_seeds_and_the_report_flags_n
     assert "not resolved" in (tmp_path / "one" / "plots" / "front.md").read_text()
     with pytest.raises(Exception, match="train_seeds"):
         _config(train_seeds=0)
+
+
+def test_evolve_reevaluates_when_asked_and_a_finished_run_adopts_the_setting(tmp_path):
+    from star_jax.model import ConfigError
+
+    with pytest.raises(ConfigError, match="reevaluate_seeds"):
+        _config(reevaluate_seeds=1)
+    ev = NoiseEvaluator()
+    result = evolve(_config(generations=1, reevaluate_seeds=3), tmp_path / "a", progress=False, evaluator=ev)
+    assert result.reevaluation is not None and result.reevaluation.seeds == (1, 2, 3)
+    assert (tmp_path / "a" / "reevaluation.md").exists()
+    assert {c[0] for c in ev.calls} == {0, 1, 2, 3}
+    # a finished run without re-evaluation, run again with it: only the new seeds train
+    run = tmp_path / "b"
+    evolve(_config(generations=1), run, progress=False, evaluator=ev)
+    ev.calls.clear()
+    again = evolve(_config(generations=1, reevaluate_seeds=2), run, progress=False, evaluator=ev)
+    assert {c[0] for c in ev.calls} == {1, 2} and again.reevaluation.seeds == (1, 2)
+    assert json.loads((run / "config.json").read_text())["reevaluate_seeds"] == 2
+
+
+def test_a_front_genome_that_is_a_baseline_trains_once_per_seed(tmp_path):
+    run = tmp_path / "run"
+    # baselines seeded into the population and made the best: they are on the front
+    signal = lambda g: 0.3 if g.to_string() in baseline_strings else 0.0
+    from star_jax.evolve.evaluation import baseline_genomes
+
+    baseline_strings = {g.to_string() for g in baseline_genomes(4).values()}
+    ev = NoiseEvaluator(signal)
+    result = evolve(_config(generations=1, seed_baselines=True), run, progress=False, evaluator=ev)
+    assert any(r.genome in baseline_strings for r in result.front_records)
+    ev.calls.clear()
+    out = reevaluate(run, seeds=2, evaluator=ev)
+    unique = {s.hash for s in out.summaries}
+    assert len(unique) < len(out.summaries)
+    assert sorted(ev.calls) == [(1, len(unique)), (2, len(unique))]

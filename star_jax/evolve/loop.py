@@ -2,6 +2,8 @@
 A run lives in a run directory; killing it and running the same call again resumes to the same result."""
 from __future__ import annotations
 
+import dataclasses
+import pathlib
 import time
 
 import numpy as np
@@ -14,7 +16,7 @@ from star_jax.evolve.evaluation import (Evaluator, baseline_genomes, evaluate, o
                                         pareto_front, record_failure, train_candidates)
 from star_jax.evolve.records import RUN_FORMAT, Candidate, EvalRecord, RunState  # noqa: F401
 from star_jax.evolve.runstate import (BASELINES_FILE, EXTENSIONS_FILE, EvolveResult, Run,  # noqa: F401
-                                      complete_config, extend_run, load_run)
+                                      adopt_reevaluate_seeds, complete_config, extend_run, load_run)
 from star_jax.genome import Genome, flat_operators, random_genome
 
 __all__ = ["EvolveResult", "evolve", "load_run", "train_candidates", "baseline_genomes", "pareto_front",
@@ -104,6 +106,7 @@ def evolve(config: EvolveConfig, run_dir, *, progress: bool = True, evaluator: E
     with rd.lock():  # one writer per run directory
         if resume:
             complete_config(rd)
+            adopt_reevaluate_seeds(rd, config)
             extend_run(rd, config)
         rd.init(config.to_dict(), resume=resume)
         strategy = _make_strategy(config)
@@ -129,4 +132,12 @@ def evolve(config: EvolveConfig, run_dir, *, progress: bool = True, evaluator: E
         from star_jax.evolve.report import print_front
 
         print_front(result)
+    if config.reevaluate_seeds:  # resumable: seeds already in reevaluation.jsonl are not retrained
+        from star_jax.evolve.reevaluate import reevaluate
+
+        reevaluation = reevaluate(run_dir, config.reevaluate_seeds, evaluator=evaluator, progress=progress)
+        if progress:
+            print(f"re-evaluated over {config.reevaluate_seeds} training seeds: "
+                  f"{pathlib.Path(run_dir) / 'reevaluation.md'}")
+        result = dataclasses.replace(result, reevaluation=reevaluation)
     return result

@@ -226,6 +226,10 @@ def reevaluate(run_dir, seeds: int = 5, *, evaluator: Callable | None = None,
             if not todo:
                 continue
             cfg = config.replace(train=config.train.replace(seed=seed), train_seeds=1)
+            unique: dict[str, tuple] = {}  # a front genome that is also a baseline trains once
+            for e in todo:
+                unique.setdefault(e[2].content_hash(), e)
+            todo = list(unique.values())
             candidates = [Candidate.of(g, -1, "baseline", name) if kind == "baseline" else Candidate.of(g, -1)
                           for kind, name, g, _ in todo]
             records = evaluate(candidates, cfg, task, evaluator)

@@ -68,6 +68,8 @@ class EvolveResult:
         population_hypervolume: per generation, the hypervolume of the population.
         reference_point: the fixed hypervolume reference point (None until one was derived).
         baselines: evaluation records of the baselines (``baseline`` holds their name).
+        reevaluation: the re-evaluation over training seeds (``config.reevaluate_seeds``) when
+            ``evolve`` ran one; None otherwise (``star_jax.evolve.reevaluate`` reads or makes it).
     """
 
     config: EvolveConfig
@@ -82,6 +84,7 @@ class EvolveResult:
     population_hypervolume: tuple[float, ...]
     reference_point: tuple[float, ...] | None
     baselines: tuple[EvalRecord, ...]
+    reevaluation: Any = None
 
     @property
     def finished(self) -> bool:
@@ -351,6 +354,30 @@ def complete_config(rd) -> bool:
     if not isinstance(old, dict) or full == old or any(full.get(k) != v for k, v in old.items()):
         return False
     write_json_atomic(rd.config_path, full)
+    return True
+
+
+def adopt_reevaluate_seeds(rd, config: EvolveConfig) -> bool:
+    """Records ``config.reevaluate_seeds`` in the run's ``config.json`` when that (with, at most,
+    a larger ``generations``, which ``extend_run`` then handles) is all that differs: the
+    re-evaluation after a run does not change the search, so a finished run can be re-evaluated
+    by running it again with the field set.
+
+    Returns:
+        Whether ``config.json`` was rewritten.
+    """
+    from star_jax.io.rundir import config_diff
+
+    if not rd.exists():
+        return False
+    old = rd.read_config()
+    new = json.loads(json.dumps(to_jsonable(config.to_dict())))
+    if not isinstance(old, dict) or old.get("reevaluate_seeds", 0) == new["reevaluate_seeds"]:
+        return False
+    updated = {**old, "reevaluate_seeds": new["reevaluate_seeds"]}
+    if any(not d.startswith("generations:") for d in config_diff(updated, new)):
+        return False
+    write_json_atomic(rd.config_path, updated)
     return True
 
 

@@ -259,6 +259,18 @@ def reevaluate(run_dir, seeds: int = 5, *, evaluator: Callable | None = None,
     return out
 
 
+def _labels(reeval: Reevaluation) -> dict[int, str]:
+    """Table and plot labels: front genomes numbered in order (``#0 name``), baselines by name."""
+    out, i = {}, 0
+    for s in reeval.summaries:
+        if s.kind == "front":
+            out[id(s)] = f"#{i} {s.name}"
+            i += 1
+        else:
+            out[id(s)] = s.name
+    return out
+
+
 def write_reevaluation_report(reeval: Reevaluation, run_dir, config: EvolveConfig) -> pathlib.Path:
     """Writes ``reevaluation.md`` and ``plots/reevaluation.png`` into the run directory."""
     run_dir = pathlib.Path(run_dir)
@@ -269,14 +281,15 @@ def write_reevaluation_report(reeval: Reevaluation, run_dir, config: EvolveConfi
              f"{config.train.batch_size}). Intervals: {reeval.interval}.", "",
              f"| | architecture | {q} per seed | mean +- sd | search value | cache bytes | params |",
              "|---|---|---|---|---|---|---|"]
+    label = _labels(reeval)
     for s in reeval.summaries:
         per_seed = ", ".join(fmt(v, 3) for v in s.values)
-        lines.append(f"| {s.kind} | {s.name} | {per_seed} | {fmt(s.mean, 4)} +- {fmt(s.sd, 4)} "
+        lines.append(f"| {s.kind} | {label[id(s)]} | {per_seed} | {fmt(s.mean, 4)} +- {fmt(s.sd, 4)} "
                      f"| {fmt(s.search_value, 4)} | {s.cache_bytes if s.cache_bytes is not None else '-'} "
                      f"| {s.params if s.params is not None else '-'} |")
     lines += ["", "Paired differences (front genome minus baseline; negative = the front genome is better):", "",
               "| front genome | baseline | mean difference | simultaneous 95% interval | verdict |", "|---|---|---|---|---|"]
-    short = {s.genome: s.name for s in reeval.summaries}
+    short = {s.genome: label[id(s)] for s in reeval.summaries if s.kind == "front"}
     for c in reeval.comparisons:
         lines.append(f"| {short.get(c.genome, c.genome)} | {c.baseline} | {fmt(c.mean, 4)} | "
                      f"[{fmt(c.low, 4)}, {fmt(c.high, 4)}] | {c.verdict} |")
@@ -297,7 +310,8 @@ def write_reevaluation_report(reeval: Reevaluation, run_dir, config: EvolveConfi
                         yerr=[0.0 if math.isnan(s.sd) else s.sd for s in pts], fmt=marker, color=color,
                         capsize=3, label=f"{kind} (mean +- sd over {len(reeval.seeds)} seeds)")
             for s in pts:
-                ax.annotate(s.name, (getattr(s, x_key), s.mean), fontsize=7, xytext=(3, 3), textcoords="offset points")
+                text = label[id(s)].split(" ")[0] if kind == "front" else s.name  # "#i": the table's number
+                ax.annotate(text, (getattr(s, x_key), s.mean), fontsize=8, xytext=(4, 4), textcoords="offset points")
     ax.set_xscale("log")
     ax.set_xlabel(("inference cache bytes" if x_key == "cache_bytes" else "parameters") + " (lower is better, log)")
     ax.set_ylabel(f"{q} (lower is better)")

@@ -10,6 +10,8 @@ import pathlib
 import sys
 import warnings
 
+from star_jax.genome import Genome, GenomeError
+
 __all__ = ["main", "setup_compilation_cache"]
 
 USAGE_ERROR = 2
@@ -34,8 +36,6 @@ def _one_line(e: BaseException) -> str:
 
 
 def _genome(text: str):
-    from star_jax.genome import Genome
-
     text = text.strip()
     g = Genome.from_json(text) if text.startswith("[") else Genome.from_string(text)
     return g.validate()
@@ -271,13 +271,13 @@ def main(argv=None) -> int:
         The exit status (0 ok, 2 user error, 130 interrupted). Set ``STAR_JAX_DEBUG=1`` to get
         the traceback of an error instead of its one-line message.
     """
+    args = build_parser().parse_args(argv)
+    # after parsing, so that --help and a usage error load no JAX
     from star_jax.evolve.config import ConfigFieldError
-    from star_jax.genome import GenomeError
     from star_jax.io import CheckpointError, RunDirError
     from star_jax.model import ConfigError
     from star_jax.tasks import TaskConfigError
 
-    args = build_parser().parse_args(argv)
     warnings.showwarning = _show_warning
     # the project's user-facing errors, and the OS errors of files a command reads or writes;
     # anything else (a KeyError, a ValueError from deep inside) is a bug: its traceback is shown

@@ -16,6 +16,9 @@ import os
 import tempfile
 import warnings
 
+import jax
+from jax.experimental.compilation_cache import compilation_cache as cc
+
 __all__ = ["cache_dir", "enable_compilation_cache"]
 
 ENV = "STAR_JAX_CACHE_DIR"
@@ -60,9 +63,6 @@ def enable_compilation_cache(path: str | None = None) -> str | None:
         The directory in use, or None when the cache is off (switched off, or the location is
         not writable: then a ``RuntimeWarning`` says so, once per location).
     """
-    import jax
-    from jax.experimental.compilation_cache import compilation_cache as cc
-
     if path is None:
         current = jax.config.jax_compilation_cache_dir
         path = current if current else cache_dir()

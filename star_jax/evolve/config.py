@@ -8,9 +8,11 @@ import math
 import os
 from typing import Any, Mapping
 
+from star_jax import tasks
 from star_jax._util.validate import ConfigError, Fields, is_real, unknown_fields
 from star_jax.evolve.nsga2 import OPTION_DEFAULTS, check_options
 from star_jax.evolve.objectives import Constraint, get_objective, objective_names
+from star_jax.genome import Genome, GenomeError
 from star_jax.model.config import ModelConfig
 from star_jax.train.config import TrainConfig
 
@@ -192,8 +194,6 @@ class EvolveConfig:
 
     def _check_seed_genomes(self, check: Fields) -> None:
         """Each seed genome parses, is valid and has ``n_liv`` LIVs (checked before a run writes anything)."""
-        from star_jax.genome import Genome, GenomeError
-
         accepted = f"a valid genome text of n_liv = {self.n_liv} LIVs"
         for i, text in enumerate(self.seed_genomes):
             name = f"seed_genomes[{i}]"
@@ -230,8 +230,6 @@ class EvolveConfig:
             ConfigFieldError: the task is unknown, a task field is invalid, or the model's
                 vocabulary / ``max_len`` cannot cover the task.
         """
-        from star_jax import tasks
-
         check = Fields("EvolveConfig", error=ConfigFieldError)
         fields = {k: v for k, v in self.task.items() if k != "name"}
         try:
@@ -510,10 +508,6 @@ def commented_config(config: EvolveConfig | str = "quick") -> dict[str, Any]:
     Returns:
         The dict (``EvolveConfig.from_dict`` of it equals ``config``).
     """
-    from star_jax import tasks
-    from star_jax.model.config import ModelConfig
-    from star_jax.train.config import TrainConfig
-
     name = config if isinstance(config, str) else None
     if name is not None:
         config = preset(name)

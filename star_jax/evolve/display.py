@@ -6,6 +6,8 @@ import contextlib
 import math
 from typing import Any, Mapping
 
+from star_jax.train.progress import progress_bar
+
 __all__ = ["Display", "clock", "eta", "fmt"]
 
 
@@ -67,8 +69,6 @@ class Display:
         self.bar = None
 
     def __enter__(self) -> "Display":
-        from star_jax.train.progress import progress_bar
-
         self.bar = self._stack.enter_context(progress_bar("evolution", total=self.total, enabled=self.enabled,
                                                           title="evolution"))
         self.bar.update(completed=self.done)

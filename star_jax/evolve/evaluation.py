@@ -10,11 +10,21 @@ import numpy as np
 
 from star_jax.evolve.config import EvolveConfig
 from star_jax.evolve.hypervolume import hypervolume
+from star_jax.evolve.latency import measure_decode_latency
 from star_jax.evolve.nsga2 import non_dominated_sort
 from star_jax.evolve.objectives import get_objective
 from star_jax.evolve.records import Candidate, EvalRecord
 from star_jax.genome import Genome, GenomeError, baselines
 from star_jax.io.jsonutil import finite_or_none
+from star_jax.metrics import cache_bytes, param_count
+from star_jax.model import ConfigError, compile_genome
+from star_jax.train import train
+from star_jax.train.parts import warm_up_genomes
+
+try:  # the population engine; without it every strategy trains candidates one by one
+    from star_jax.population import STRATEGIES, train_population
+except ImportError:
+    train_population, STRATEGIES = None, ()
 
 __all__ = ["Evaluator", "train_candidates", "evaluate", "record_failure", "baseline_genomes", "batch_size",
            "objective_matrix", "pareto_front", "derive_reference", "front_hypervolume"]
@@ -77,10 +87,6 @@ def train_candidates(genomes: Sequence[Genome], config: EvolveConfig, task, *,
         # one by one through the part programs: nothing compiles for a genome of known LIV kinds
         strategy = "sequential"
     if strategy != "sequential":
-        try:
-            from star_jax.population import STRATEGIES, train_population
-        except ImportError:
-            train_population, STRATEGIES = None, ()
         if train_population is not None and strategy in STRATEGIES:
             # "data" reuses its compiled step only for one number of candidates: every call is
             # padded to the largest batch of the run (padding candidates cost no training).
@@ -97,9 +103,6 @@ def train_candidates(genomes: Sequence[Genome], config: EvolveConfig, task, *,
                 if on_candidate is not None:
                     on_candidate(len(genomes))
                 return [dict(m) for m in result.metrics[: len(genomes)]]
-    from star_jax.train import train
-    from star_jax.train.parts import warm_up_genomes
-
     warm_up_genomes(genomes, config.model, task, config.train.batch_size)  # new LIV kinds, side by side
     out = []
     for i, g in enumerate(genomes):
@@ -145,9 +148,6 @@ def _train_over_seeds(genomes: Sequence[Genome], config: EvolveConfig, task, eva
 # ---------------------------------------------------------------------------------- records
 def _size_metrics(genome: Genome, config: EvolveConfig) -> tuple[dict, str | None]:
     """Analytic params and cache bytes, or the error that makes the genome unbuildable."""
-    from star_jax.metrics import cache_bytes, param_count
-    from star_jax.model import ConfigError, compile_genome
-
     try:
         program = compile_genome(genome, config.model)
         return {"params": param_count(program),
@@ -227,8 +227,6 @@ def evaluate(candidates: Sequence[Candidate], config: EvolveConfig, task, evalua
         if config.needs_latency():
             latency = None
             if err is None:
-                from star_jax.evolve.latency import measure_decode_latency
-
                 latency = measure_decode_latency(g, config.model, n_tokens=config.latency_tokens)
             record["latency_ms"] = latency
         records.append(EvalRecord.from_json(_finish_record(record, config)))

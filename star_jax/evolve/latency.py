@@ -8,6 +8,8 @@ import time
 import jax
 import jax.numpy as jnp
 
+from star_jax.model import StarModel, build_model
+
 __all__ = ["measure_decode_latency"]
 
 
@@ -32,8 +34,6 @@ def measure_decode_latency(genome, cfg, *, batch: int = 1, n_tokens: int = 32, n
     Returns:
         Median wall-clock milliseconds per token per step (a step decodes ``batch`` tokens).
     """
-    from star_jax.model import StarModel, build_model
-
     if n_tokens < 1 or n_repeats < 1 or warmup < 1 or batch < 1:
         raise ValueError("batch, n_tokens, n_repeats and warmup must all be >= 1")
     n_tokens = min(int(n_tokens), int(cfg.max_len))

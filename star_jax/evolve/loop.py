@@ -8,6 +8,7 @@ import time
 
 import numpy as np
 
+from star_jax.compile_cache import enable_compilation_cache
 from star_jax.evolve.ask_tell import NSGA2
 from star_jax.evolve.config import EvolveConfig
 from star_jax.evolve.display import Display
@@ -15,9 +16,12 @@ from star_jax.evolve.display import Display
 from star_jax.evolve.evaluation import (Evaluator, baseline_genomes, evaluate, objective_matrix,  # noqa: F401
                                         pareto_front, record_failure, train_candidates)
 from star_jax.evolve.records import RUN_FORMAT, Candidate, EvalRecord, RunState  # noqa: F401
+from star_jax.evolve.reevaluate import reevaluate
+from star_jax.evolve.report import print_front
 from star_jax.evolve.runstate import (BASELINES_FILE, EXTENSIONS_FILE, EvolveResult, Run,  # noqa: F401
                                       adopt_reevaluate_seeds, complete_config, extend_run, load_run)
 from star_jax.genome import Genome, flat_operators, random_genome
+from star_jax.io import MetricLogger, RunDir
 
 __all__ = ["EvolveResult", "evolve", "load_run", "train_candidates", "baseline_genomes", "pareto_front",
            "record_failure", "RUN_FORMAT", "Candidate", "EvalRecord", "RunState"]
@@ -94,9 +98,6 @@ def evolve(config: EvolveConfig, run_dir, *, progress: bool = True, evaluator: E
             genomes = [Genome.from_array(f) for f in flat]
             state = strategy.tell(state, flat, my_objectives(genomes))   # [16, 2], minimised
     """
-    from star_jax.compile_cache import enable_compilation_cache
-    from star_jax.io import MetricLogger, RunDir
-
     if not isinstance(config, EvolveConfig):
         raise TypeError(f"config must be an EvolveConfig, got {type(config).__name__}")
     enable_compilation_cache()  # off with STAR_JAX_CACHE_DIR=off
@@ -129,12 +130,8 @@ def evolve(config: EvolveConfig, run_dir, *, progress: bool = True, evaluator: E
                 display.end_generation(gen, metrics, time.perf_counter() - t0)
         result = run.result(max(run.start, total))
     if progress:
-        from star_jax.evolve.report import print_front
-
         print_front(result)
     if config.reevaluate_seeds:  # resumable: seeds already in reevaluation.jsonl are not retrained
-        from star_jax.evolve.reevaluate import reevaluate
-
         reevaluation = reevaluate(run_dir, config.reevaluate_seeds, evaluator=evaluator, progress=progress)
         if progress:
             print(f"re-evaluated over {config.reevaluate_seeds} training seeds: "

@@ -9,6 +9,7 @@ from typing import Any, Iterator, Mapping, Sequence
 import numpy as np
 
 from star_jax.evolve.ask_tell import NSGA2State, state_from_dict, state_to_dict
+from star_jax.genome import Genome
 
 __all__ = ["Candidate", "EvalRecord", "RunState", "RUN_FORMAT", "RUN_FORMATS"]
 
@@ -53,8 +54,6 @@ class Candidate:
 
     def to_genome(self):
         """The ``Genome``."""
-        from star_jax.genome import Genome
-
         return Genome.from_string(self.genome)
 
     def to_json(self) -> dict[str, Any]:

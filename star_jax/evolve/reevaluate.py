@@ -22,12 +22,19 @@ from __future__ import annotations
 import dataclasses
 import math
 import pathlib
+import sys
 from typing import Any, Callable, Sequence
 
 import numpy as np
 
 from star_jax.evolve.config import EvolveConfig
 from star_jax.evolve.display import fmt
+from star_jax.evolve.evaluation import baseline_genomes, evaluate
+from star_jax.evolve.records import Candidate, EvalRecord
+from star_jax.evolve.runstate import load_run
+from star_jax.genome import Genome
+from star_jax.io import RunDir
+from star_jax.io.jsonutil import append_jsonl, read_jsonl
 
 REEVAL_FILE = "reevaluation.jsonl"
 SIZE_OBJECTIVES = ("params", "cache_bytes", "latency_ms")
@@ -193,15 +200,7 @@ def reevaluate(run_dir, seeds: int = 5, *, evaluator: Callable | None = None,
     Returns:
         The ``Reevaluation``; also written to the run directory (see the module docstring).
     """
-    import sys
-
     from star_jax.evolve import loop  # its train_candidates, looked up now (tests replace it)
-    from star_jax.evolve.evaluation import baseline_genomes, evaluate
-    from star_jax.evolve.records import Candidate, EvalRecord
-    from star_jax.evolve.runstate import load_run
-    from star_jax.genome import Genome
-    from star_jax.io import RunDir
-    from star_jax.io.jsonutil import append_jsonl, read_jsonl
 
     if not isinstance(seeds, int) or isinstance(seeds, bool) or seeds < 2:
         raise ValueError(f"reevaluate: seeds must be an integer >= 2 (one seed resolves nothing), got {seeds!r}")

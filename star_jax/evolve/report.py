@@ -9,7 +9,11 @@ from typing import Sequence
 import numpy as np
 
 from star_jax.evolve.display import fmt as _fmt
+from star_jax.evolve.hypervolume import normalize_hypervolume
+from star_jax.evolve.objectives import get_objective
 from star_jax.evolve.records import EvalRecord
+from star_jax.evolve.reevaluate import compare_over_seeds
+from star_jax.evolve.runstate import load_run
 
 __all__ = ["write_report", "print_front", "front_rows", "front_markdown", "plane_front", "dominated_front_points",
            "short_label", "axis_label", "plane_figure", "hypervolume_figure", "normalized_hypervolume"]
@@ -216,8 +220,6 @@ def axis_label(name: str, result=None, log: bool = False) -> str:
         text = _AXIS_NAMES[name].format(cache_seq_len=getattr(getattr(result, "config", None), "cache_seq_len", "?"))
     else:
         try:
-            from star_jax.evolve.objectives import get_objective
-
             description = get_objective(name).description
         except KeyError:
             description = ""
@@ -240,8 +242,6 @@ def normalized_hypervolume(result):
         ``(archive values, population values, reference, ideal)``, or None when the run has no
         reference point or no feasible finite genome.
     """
-    from star_jax.evolve.hypervolume import normalize_hypervolume
-
     ref = result.reference_point
     if ref is None:
         return None
@@ -394,8 +394,6 @@ def seed_noise_markdown(result) -> str:
     by paired t intervals, simultaneous at 95% (``star_jax.evolve.reevaluate.compare_over_seeds``).
     With one seed per genome nothing can be resolved, and the text says how to re-evaluate.
     """
-    from star_jax.evolve.reevaluate import compare_over_seeds
-
     def errors(r: EvalRecord):
         accs = r.seed_test_accuracy
         return None if accs is None else [None if a is None else 1.0 - a for a in accs]
@@ -435,8 +433,6 @@ def write_report(run_dir) -> list[pathlib.Path]:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-
-    from star_jax.evolve.loop import load_run
 
     result = load_run(run_dir)
     out_dir = pathlib.Path(result.run_dir) / "plots"

@@ -30,6 +30,7 @@ import dataclasses
 import datetime
 import json
 import pathlib
+import warnings
 from typing import Any, Callable, Sequence
 
 import numpy as np
@@ -40,7 +41,9 @@ from star_jax.evolve.evaluation import (baseline_genomes, derive_reference, fron
                                         objective_matrix, pareto_front)
 from star_jax.evolve.records import RUN_FORMAT, Candidate, EvalRecord, RunState
 from star_jax.genome import Genome
+from star_jax.io import CheckpointError, RunConfigMismatch, RunDir, RunDirError
 from star_jax.io.jsonutil import append_jsonl, read_jsonl, rewrite_jsonl, to_jsonable, write_json_atomic
+from star_jax.io.rundir import config_diff
 
 __all__ = ["EvolveResult", "Run", "load_run", "extend_run", "complete_config", "RUN_FORMAT", "BASELINES_FILE", "EXTENSIONS_FILE"]
 
@@ -93,8 +96,6 @@ class EvolveResult:
 
 
 def _checkpoint_error(message: str):
-    from star_jax.io import CheckpointError
-
     return CheckpointError(message)
 
 
@@ -188,10 +189,6 @@ class Run:
         Raises:
             CheckpointError: no checkpoint is readable and there is no record to rebuild from.
         """
-        import warnings
-
-        from star_jax.io import CheckpointError
-
         try:
             run = cls.restore(rd, config)
         except CheckpointError as e:
@@ -322,8 +319,6 @@ def load_run(run_dir) -> EvolveResult:
         RunDirError: no run, or no checkpoint yet.
         CheckpointError: no checkpoint is readable, or the records do not match it.
     """
-    from star_jax.io import CheckpointError, RunDir, RunDirError
-
     rd = RunDir(run_dir)
     config = EvolveConfig.from_dict(rd.read_config())
     try:
@@ -366,8 +361,6 @@ def adopt_reevaluate_seeds(rd, config: EvolveConfig) -> bool:
     Returns:
         Whether ``config.json`` was rewritten.
     """
-    from star_jax.io.rundir import config_diff
-
     if not rd.exists():
         return False
     old = rd.read_config()
@@ -392,9 +385,6 @@ def extend_run(rd, config: EvolveConfig) -> bool:
     Raises:
         RunConfigMismatch: only ``generations`` differs and it is smaller than the recorded one.
     """
-    from star_jax.io import RunConfigMismatch
-    from star_jax.io.rundir import config_diff
-
     if not rd.exists():
         return False
     old = rd.read_config()

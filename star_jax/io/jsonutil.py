@@ -14,6 +14,7 @@ import pathlib
 import warnings
 from typing import Any, Callable
 
+import jax
 import numpy as np
 
 from star_jax.io.atomic import atomic_write_text, fsync_dir  # noqa: F401  (fsync_dir: kept importable here)
@@ -87,10 +88,8 @@ def finite_or_none(value: Any) -> Any:
 def _is_prng_key(x: Any) -> bool:
     """True for jax typed PRNG key arrays (which cannot become plain numbers)."""
     try:
-        import jax
-
         return jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key)
-    except (ImportError, TypeError, AttributeError):
+    except (TypeError, AttributeError):
         return False
 
 

@@ -14,6 +14,7 @@ import socket
 import warnings
 from typing import Any, Callable, Iterator
 
+from star_jax.io.checkpoint import CheckpointManager
 from star_jax.io.jsonutil import (append_jsonl, read_jsonl, repair_jsonl, rewrite_jsonl,
                                   to_jsonable, write_json_atomic)
 
@@ -284,6 +285,4 @@ class RunDir:
         Returns:
           A `CheckpointManager` over `checkpoints/`.
         """
-        from star_jax.io.checkpoint import CheckpointManager
-
         return CheckpointManager(self.checkpoints_dir, keep=keep)

@@ -13,7 +13,11 @@ import flax.linen as nn
 
 from star_jax.genome import Genome, LIVClass
 from star_jax.genome.classes import NONLINEARITY
+from star_jax.ops.attention import AttentionFeaturizer, AttentionMixer
 from star_jax.ops.contract import cache_groups as mixer_cache_groups, check_featurizer, check_mixer
+from star_jax.ops.conv import GatedConvFeaturizer, ShortConvMixer, LongConvMixer
+from star_jax.ops.memoryless import GLUFeaturizer, GLUMixer
+from star_jax.ops.recurrence import RecurrenceFeaturizer, RecurrenceMixer
 from .config import ModelConfig, ConfigError
 
 ACTIVATIONS = {1: "none", 3: "relu", 4: "swish"}
@@ -110,7 +114,6 @@ def _liv_where(i: int, cls: LIVClass) -> str:
 
 
 def _attention(i: int, cls: LIVClass, cfg: ModelConfig):
-    from star_jax.ops.attention import AttentionFeaturizer, AttentionMixer
     op, fz = cls.operator, cls.featurizer
     where = _liv_where(i, cls)
     if op.channel_mixing == 3:  # grouped: multi-head
@@ -139,7 +142,6 @@ def _attention(i: int, cls: LIVClass, cfg: ModelConfig):
 
 
 def _recurrence(i: int, cls: LIVClass, cfg: ModelConfig):
-    from star_jax.ops.recurrence import RecurrenceFeaturizer, RecurrenceMixer
     fz = cls.featurizer
     e = fz.group("b1" if fz.differential else "b").expansion
     return (RecurrenceFeaturizer(width=cfg.width, state_expansion=e, differential=fz.differential),
@@ -147,7 +149,6 @@ def _recurrence(i: int, cls: LIVClass, cfg: ModelConfig):
 
 
 def _gated_conv(i: int, cls: LIVClass, cfg: ModelConfig):
-    from star_jax.ops.conv import GatedConvFeaturizer, ShortConvMixer, LongConvMixer
     fz = cls.featurizer
     filt = fz.group("filter")
     # Short convolutions on the projections (Hyena's short filters): one kernel for all groups.
@@ -172,7 +173,6 @@ def _gated_conv(i: int, cls: LIVClass, cfg: ModelConfig):
 
 
 def _memoryless(i: int, cls: LIVClass, cfg: ModelConfig):
-    from star_jax.ops.memoryless import GLUFeaturizer, GLUMixer
     fz = cls.featurizer
     gate = fz.group("gate1" if fz.differential else "gate")
     act = ACTIVATIONS.get(cls.operator.nonlinearity)

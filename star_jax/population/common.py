@@ -10,6 +10,7 @@ from typing import Any, Callable, Hashable, Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import NamedSharding, PartitionSpec as P
 
 from star_jax.genome import Genome
 from star_jax.model.config import ModelConfig
@@ -92,8 +93,6 @@ def batch_placement(mesh):
     """(constrain(inputs, targets) inside jit, place(stacked test array [N, B, L]) outside)."""
     if mesh is None or "data" not in mesh.axis_names:
         return (lambda i, t: (i, t)), (lambda x: x)
-    from jax.sharding import NamedSharding, PartitionSpec as P
-
     rows = NamedSharding(mesh, P("data"))
 
     def constrain(i, t):

@@ -11,6 +11,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import PartitionSpec as P
 
 from star_jax.genome import Genome, get_liv_class, liv_classes
 from star_jax.model.config import ConfigError, ModelConfig
@@ -403,8 +404,6 @@ _FN_CACHE = LRUCache(8)
 def _spread_over_candidates(chunk, eval_fn, mesh):
     """``shard_map`` the chunk and eval over the mesh's "candidates" axis (manual there, every
     other axis automatic): each device trains its slice of the population with ``lax.map``."""
-    from jax.sharding import PartitionSpec as P
-
     c = P("candidates")
     rep = P()
     kw = dict(mesh=mesh, axis_names=frozenset({"candidates"}), check_vma=False)

@@ -17,6 +17,7 @@ from typing import Callable, Protocol
 import numpy as np
 
 from star_jax.train.config import TrainConfig
+from star_jax.train.parts import lr_curve
 from star_jax.train.step import final_train_loss
 
 MAX_CHUNK = 100
@@ -90,8 +91,6 @@ class _Candidate:
 
     def finish(self, cfg: TrainConfig) -> tuple[dict[str, np.ndarray], dict]:
         """The candidate's curve and final metrics (see ``TrainResult``)."""
-        from star_jax.train.parts import lr_curve
-
         curve = {name: np.concatenate(parts) if parts else np.zeros(0) for name, parts in self.records.items()}
         curve["train_loss"] = np.where(np.isfinite(curve["train_loss"]), curve["train_loss"], np.inf)
         curve["step"] = np.arange(1, self.steps_run + 1, dtype=np.int64)

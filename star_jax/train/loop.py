@@ -10,6 +10,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from star_jax.genome import Genome
+from star_jax.model import compile_genome
+from star_jax.model.model import StarModel
+from star_jax.train import parts as P
 from star_jax.train.config import TrainConfig
 from star_jax.train.driver import MAX_CHUNK, chunk_plan, drive, is_eval_point  # noqa: F401 (re-exported)
 from star_jax.train.optim import FlatLayout, make_flat_optimizer, make_optimizer
@@ -165,8 +169,6 @@ def _fit_parts(program, task, cfg: TrainConfig, params, progress: bool) -> Train
     """``_fit`` for a genome's backbone, as a chain of cached part programs (``train.parts``):
     the same keys, batches, optimizer, chunk plan, evaluation and divergence rule, and nothing
     compiled for a part kind the process has already compiled."""
-    from star_jax.train import parts as P
-
     start_time = time.perf_counter()
     if program.cfg.vocab_size < task.vocab_size:
         raise ValueError(f"the model's vocabulary ({program.cfg.vocab_size}) is smaller than the task's "
@@ -179,8 +181,6 @@ def _fit_parts(program, task, cfg: TrainConfig, params, progress: bool) -> Train
 
 
 def _fit_parts_on(model, task, cfg: TrainConfig, params, bar, start_time: float) -> TrainResult:
-    from star_jax.train import parts as P
-
     t_compile = time.perf_counter()
     n_compiled = P.warm_up([model], cfg.batch_size)  # compiles the part kinds not seen yet, side by side
     if n_compiled:
@@ -265,8 +265,6 @@ def fit(model, task, train_cfg: TrainConfig, *, params=None, progress: bool = Tr
     """
     if not isinstance(train_cfg, TrainConfig):
         raise TypeError(f"train_cfg must be a TrainConfig, got {type(train_cfg).__name__}")
-    from star_jax.model.model import StarModel
-
     if type(model) is StarModel:  # a genome's backbone: cached part programs
         return _fit_parts(model.program, task, train_cfg, params, progress)
     return _fit(model.apply, model.init, task, train_cfg, params, progress)
@@ -308,9 +306,6 @@ def train(genome, model_cfg, task, train_cfg: TrainConfig | None = None, *, para
     Returns:
         A ``TrainResult`` (see ``fit``).
     """
-    from star_jax.genome import Genome
-    from star_jax.model import compile_genome
-
     if isinstance(genome, str):
         genome = Genome.from_string(genome)
     program = compile_genome(genome, model_cfg)

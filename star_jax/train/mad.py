@@ -6,7 +6,11 @@ import dataclasses
 import math
 from typing import Any, Iterable, Sequence
 
+from star_jax import tasks
+from star_jax.model import ModelConfig, build_model
 from star_jax.train.config import TrainConfig
+from star_jax.train.loop import fit
+from star_jax.train.progress import progress_bar
 
 MAD_LRS = (1e-4, 5e-4, 1e-3)
 MAD_WEIGHT_DECAYS = (0.0, 0.1)
@@ -82,8 +86,6 @@ class MadScore:
 
 def _resolve_setting(setting) -> tuple[str, str, Any]:
     """(name, task name, Task) for a MADSetting, a Task, or a (task name, fields dict) pair."""
-    from star_jax import tasks
-
     if isinstance(setting, tasks.Task):
         return f"{setting.name}/custom", setting.name, setting
     if isinstance(setting, tuple) and len(setting) == 2 and isinstance(setting[0], str):
@@ -99,8 +101,6 @@ def _resolve_setting(setting) -> tuple[str, str, Any]:
 
 
 def _model_config_for(model_cfg, task):
-    from star_jax.model import ModelConfig
-
     if model_cfg is None:
         return ModelConfig(width=MAD_WIDTH, vocab_size=task.vocab_size, max_len=task.seq_len)
     return dataclasses.replace(
@@ -175,11 +175,6 @@ def score(
     Returns:
         A ``MadScore``.
     """
-    from star_jax import tasks
-    from star_jax.model import build_model
-    from star_jax.train.loop import fit
-    from star_jax.train.progress import progress_bar
-
     settings = tuple(tasks.mad_baselines() if settings is None else settings)
     if not settings:
         raise ValueError("settings is empty: give at least one MAD setting")

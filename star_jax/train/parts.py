@@ -37,6 +37,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from star_jax.genome import Genome
+from star_jax.model import compile_genome
 from star_jax.model.program import Program
 from star_jax.ops.primitives import rms_norm, rows
 from star_jax.train.optim import FlatLayout
@@ -543,9 +545,6 @@ def warm_up_genomes(genomes, cfg, task, batch_size: int) -> int:
     """``warm_up`` for the backbones of several genomes at once (before training them one by
     one), so that all their new part kinds compile side by side. Genomes that do not build are
     skipped (training them reports the error)."""
-    from star_jax.genome import Genome
-    from star_jax.model import compile_genome
-
     models = []
     for g in genomes:
         try:

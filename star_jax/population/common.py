@@ -17,7 +17,7 @@ from star_jax.model.config import ModelConfig
 from star_jax.model.model import build_model
 from star_jax.train import parts
 from star_jax.train.config import TrainConfig
-from star_jax.train.driver import chunk_plan, drive
+from star_jax.train.driver import TrainState, chunk_plan, drive
 from star_jax.train.loop import sampling_is_traceable
 from star_jax.train.step import stack_test_batches, step_batch_key
 
@@ -178,7 +178,8 @@ def run_population(engine: Engine, task, train_cfg: TrainConfig, data_key, *, pr
     test_inputs, test_targets = stack_test_batches(task, cfg.eval_batch_size)
     test_inputs, test_targets = engine.place_batch(jnp.asarray(test_inputs)), engine.place_batch(jnp.asarray(test_targets))
     chunk_len, _ = chunk_plan(cfg)
-    state = list(engine.state)
+    params, opt_state = engine.state
+    box = [TrainState(params, opt_state, None)]  # alive: the driver's, passed to every chunk
     times = {"train": 0.0, "eval": 0.0}
 
     def run_chunk(start: int, stop: int, alive: np.ndarray) -> dict:
@@ -191,15 +192,16 @@ def run_population(engine: Engine, task, train_cfg: TrainConfig, data_key, *, pr
             batches = [task.sample(step_batch_key(data_key, int(s)), bs) for s in steps]
             args = (jnp.stack([jnp.asarray(x, jnp.int32) for x, _ in batches]),
                     jnp.stack([jnp.asarray(y, jnp.int32) for _, y in batches]))
-        state[0], state[1], _, metrics = engine.chunk_fn(state[0], state[1], *args, jnp.asarray(active),
-                                                         jnp.asarray(alive))
+        *new_state, metrics = engine.chunk_fn(box[0].params, box[0].opt_state, *args, jnp.asarray(active),
+                                              jnp.asarray(alive))
+        box[0] = TrainState(*new_state)
         metrics = jax.device_get(metrics)  # each [S, P]
         times["train"] += time.perf_counter() - t0
         return metrics
 
     def evaluate():
         t0 = time.perf_counter()
-        sums = jax.device_get(engine.eval_fn(state[0], test_inputs, test_targets))
+        sums = jax.device_get(engine.eval_fn(box[0].params, test_inputs, test_targets))
         times["eval"] += time.perf_counter() - t0
         return sums
 
@@ -208,4 +210,4 @@ def run_population(engine: Engine, task, train_cfg: TrainConfig, data_key, *, pr
             progress(stop, n_real - sum(diverged), n_real)
 
     curves, metrics = drive(cfg, run_chunk, evaluate, n=engine.n, n_real=n_real, on_chunk=on_chunk)
-    return metrics, curves, engine.unpack_params(state[0]), times
+    return metrics, curves, engine.unpack_params(box[0].params), times

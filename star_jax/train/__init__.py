@@ -1,6 +1,7 @@
-"""Single-candidate training and evaluation: config, optimizer, pure step functions, the loop.
-The population engine mirrors `batch_keys` and `make_train_step` to reproduce these runs."""
+"""Training and evaluation: config, optimizer, pure step functions, the one host loop
+(`driver.drive`, which every trainer and population strategy goes through) and `sj.train`."""
 from star_jax.train.config import TrainConfig
+from star_jax.train.driver import TrainState, drive
 from star_jax.train.loop import TrainResult, fit, fit_model, train
 from star_jax.train.optim import FlatLayout, decay_mask, make_flat_optimizer, make_optimizer, make_schedule
 from star_jax.train.step import (
@@ -22,9 +23,11 @@ __all__ = [
     "IGNORE_INDEX",
     "TrainConfig",
     "TrainResult",
+    "TrainState",
     "apply_update",
     "batch_keys",
     "decay_mask",
+    "drive",
     "evaluate",
     "fit",
     "fit_model",

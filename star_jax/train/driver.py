@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Callable, Protocol
+from typing import Any, Callable, NamedTuple, Protocol
 
 import numpy as np
 
@@ -24,6 +24,24 @@ MAX_CHUNK = 100
 """Most steps in one compiled chunk (a chunk also ends at every evaluation point)."""
 
 _STEP_METRICS = (("train_loss", "loss"), ("train_accuracy", "accuracy"), ("grad_norm", "grad_norm"))
+
+
+class TrainState(NamedTuple):
+    """What every trainer carries from one step to the next (a pytree).
+
+    Fields:
+        params: the parameters in the trainer's layout: one flat float32 vector (``fit``), the
+            list of part vectors (``sj.train``), or every candidate's vector (population
+            strategies).
+        opt_state: the optimizer state in the same layout (``sj.train``: ``(mu, nu, count)``,
+            the per-part Adam moments and the step count).
+        alive: bool, a scalar or one per candidate: False once a candidate's step was
+            non-finite (it then changes no more).
+    """
+
+    params: Any
+    opt_state: Any
+    alive: Any
 
 
 class RunChunk(Protocol):

@@ -15,7 +15,7 @@ from star_jax.model import compile_genome
 from star_jax.model.model import StarModel
 from star_jax.train import parts as P
 from star_jax.train.config import TrainConfig
-from star_jax.train.driver import MAX_CHUNK, chunk_plan, drive, is_eval_point  # noqa: F401 (re-exported)
+from star_jax.train.driver import MAX_CHUNK, TrainState, chunk_plan, drive, is_eval_point  # noqa: F401 (re-exported)
 from star_jax.train.optim import FlatLayout, make_flat_optimizer, make_optimizer
 from star_jax.train.progress import progress_bar
 from star_jax.train.step import (
@@ -135,27 +135,27 @@ def _fit_on(apply_fn, init_fn, task, cfg: TrainConfig, params, bar) -> TrainResu
     test_inputs, test_targets = stack_test_batches(task, cfg.eval_batch_size)
 
     chunk_len, _ = chunk_plan(cfg)
-    state = {"params": params, "opt_state": opt_state, "alive": jnp.asarray(True)}
+    box = [TrainState(params, opt_state, jnp.asarray(True))]
 
     def run_chunk(start: int, stop: int) -> dict:
         steps = np.arange(start, start + chunk_len, dtype=np.int32)  # padded to chunk_len
         active = steps < stop
         if in_scan:
-            args = (data_key, jnp.asarray(steps), jnp.asarray(active), state["alive"])
+            args = (data_key, jnp.asarray(steps), jnp.asarray(active), box[0].alive)
         else:
             batches = [task.sample(step_batch_key(data_key, int(s)), batch_size) for s in steps]
             inputs = jnp.stack([jnp.asarray(x, jnp.int32) for x, _ in batches])
             targets = jnp.stack([jnp.asarray(y, jnp.int32) for _, y in batches])
-            args = (inputs, targets, jnp.asarray(active), state["alive"])
-        state["params"], state["opt_state"], state["alive"], metrics = chunk_fn(
-            state["params"], state["opt_state"], *args)
+            args = (inputs, targets, jnp.asarray(active), box[0].alive)
+        *new_state, metrics = chunk_fn(box[0].params, box[0].opt_state, *args)
+        box[0] = TrainState(*new_state)
         return jax.device_get(metrics)
 
     def evaluate():
-        return jax.device_get(_eval_sums_jit(apply_fn, state["params"], test_inputs, test_targets))
+        return jax.device_get(_eval_sums_jit(apply_fn, box[0].params, test_inputs, test_targets))
 
     curve, metrics_out = _run(cfg, bar, run_chunk, evaluate)
-    params = state["params"]
+    params = box[0].params
     return TrainResult(
         params=params if layout is None else layout.unravel(params),
         metrics=metrics_out,
@@ -204,9 +204,11 @@ def _fit_parts_on(model, task, cfg: TrainConfig, params, bar, start_time: float)
     test_inputs, test_targets = (jax.device_put(list(a)) for a in stack_test_batches(task, batch_size))
 
     n_parts = model.n_parts
-    state = {"count": np.int32(0), "alive": np.bool_(True), "hold": []}
+    state = TrainState(vecs, (mus, nus, np.int32(0)), np.bool_(True))  # lists updated in place
+    held: list = []  # the last step's intermediates (see below)
 
     def run_chunk(start: int, stop: int) -> dict:
+        nonlocal state
         chunk = []
         for s in range(start, stop):
             if sampler is not None:
@@ -214,7 +216,7 @@ def _fit_parts_on(model, task, cfg: TrainConfig, params, bar, start_time: float)
             else:
                 x, y = task.sample(step_batch_key(data_key, s), batch_size)
                 inputs, targets = np.asarray(x, np.int32), np.asarray(y, np.int32)
-            count, alive = state["count"], state["alive"]
+            count, alive = state.opt_state[2], state.alive
             # this step's intermediates stay referenced until the next step is queued: freeing
             # an array whose program has not run yet would block the host (see loss_and_grads)
             hold = [inputs, targets, count, alive]
@@ -224,7 +226,8 @@ def _fit_parts_on(model, task, cfg: TrainConfig, params, bar, start_time: float)
             for k in range(n_parts):
                 vecs[k], mus[k], nus[k] = P._adamw(vecs[k], grads[k], mus[k], nus[k], decays[k], count, ok,
                                                    grad_norm, hyper)
-            state.update(count=new_count, alive=alive, hold=hold)
+            state = TrainState(vecs, (mus, nus, new_count), alive)
+            held[:] = hold
             chunk.append(metrics)
         host = jax.device_get(chunk)
         return {key: np.array([m[key] for m in host]) for key in host[0]}

@@ -21,10 +21,7 @@ from star_jax.model import ConfigError, compile_genome
 from star_jax.train import train
 from star_jax.train.parts import warm_up_genomes
 
-try:  # the population engine; without it every strategy trains candidates one by one
-    from star_jax.population import STRATEGIES, train_population
-except ImportError:
-    train_population, STRATEGIES = None, ()
+from star_jax.population import STRATEGIES, train_population
 
 __all__ = ["Evaluator", "train_candidates", "evaluate", "record_failure", "baseline_genomes", "batch_size",
            "objective_matrix", "pareto_front", "derive_reference", "front_hypervolume"]
@@ -67,9 +64,9 @@ def train_candidates(genomes: Sequence[Genome], config: EvolveConfig, task, *,
     """The default evaluator: trains genomes with the population engine in one call, or one by one.
 
     Uses ``star_jax.population.train_population`` with ``config.strategy`` ("auto":
-    "sequential", see ``star_jax.evolve.config.STRATEGIES``) when the engine and the strategy are
-    available (checked at call time), else ``star_jax.train`` per genome. Both give each
-    candidate the same metrics as training it alone.
+    "sequential", see ``star_jax.evolve.config.STRATEGIES``); a strategy that cannot run on
+    this platform (``NotImplementedError``) falls back, with one warning, to ``star_jax.train``
+    per genome. Both give each candidate the same metrics as training it alone.
 
     Arguments:
         genomes: the genomes to train.
@@ -87,14 +84,14 @@ def train_candidates(genomes: Sequence[Genome], config: EvolveConfig, task, *,
         # one by one through the part programs: nothing compiles for a genome of known LIV kinds
         strategy = "sequential"
     if strategy != "sequential":
-        if train_population is not None and strategy in STRATEGIES:
+        if strategy in STRATEGIES:
             # "data" reuses its compiled step only for one number of candidates: every call is
             # padded to the largest batch of the run (padding candidates cost no training).
             pad_to = max(batch_size(config), len(genomes)) if strategy == "data" else None
             try:
                 result = train_population(list(genomes), config.model, task, config.train, strategy=strategy,
                                           pad_to=pad_to)
-            except (ImportError, NotImplementedError) as e:
+            except NotImplementedError as e:
                 if strategy not in _WARNED:
                     _WARNED.add(strategy)
                     warnings.warn(f"population strategy {strategy!r} is unavailable ({e}); training "

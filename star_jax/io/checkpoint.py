@@ -6,6 +6,8 @@ fails it. The only module that imports orbax, so its API churn stays here.
 """
 from __future__ import annotations
 
+import dataclasses
+
 import hashlib
 import math
 import operator
@@ -26,6 +28,12 @@ _ITEMS = ("arrays", "meta")  # the orbax items of a step: `<step>/arrays`, `<ste
 # Earlier versions renamed a step to "<step>.deleting-<pid>-<ns>" before removing it; a kill in
 # between left such a directory, which the first save removes.
 _LEGACY_TRASH = "*.deleting-*"
+
+
+_DELETION_OPTIONS = ({"num_deletion_threads": 1}
+                     if "num_deletion_threads" in {f.name for f in dataclasses.fields(ocp.CheckpointManagerOptions)}
+                     else {})
+"""Old steps are deleted on one thread where this orbax has the option (added after 0.12.0)."""
 
 
 class CheckpointError(RuntimeError):
@@ -197,7 +205,7 @@ class CheckpointManager:
                 preservation_policy=ocp.checkpoint_managers.LatestN(n=self.keep),
                 save_root_metadata=False,
                 create=False,
-                num_deletion_threads=1,
+                **_DELETION_OPTIONS,
             )
             self._manager = ocp.CheckpointManager(self.directory, item_names=_ITEMS, options=options)
             self._writable = write

@@ -102,9 +102,9 @@ def evolve(config: EvolveConfig, run_dir, *, progress: bool = True, evaluator: E
         raise TypeError(f"config must be an EvolveConfig, got {type(config).__name__}")
     enable_compilation_cache()  # off with STAR_JAX_CACHE_DIR=off
     evaluator = evaluator or train_candidates
-    task = config.make_task()
     rd = RunDir(run_dir)
-    with rd.lock():  # one writer per run directory
+    with rd.lock():  # one writer per run directory; taken before any data is built
+        task = config.make_task()
         if resume:
             complete_config(rd)
             adopt_reevaluate_seeds(rd, config)

@@ -150,6 +150,20 @@ def test_gated_conv_featurizer_genome_sets_short_convs_and_expansion():
         assert sj.cache_bytes(g, CFG, seq_len=L, bytes_per_elem=1) == 2 * d * L + 3 * 2 * d * 2
     finally:
         unregister_liv_class(931)
+    # mad-lab's Hyena layer: expansion 4 with the projections tiled 4 times (repeat 4)
+    tied = register_liv_class("Hyena-madlab", "933.3.1.1.1",
+                              variant(933, token_mixing=3, kernel_size=3, expansion=4, repeat=4),
+                              class_id=933, replace=True)
+    try:
+        g = Genome([[933, 1, 1, 1, 1], [9, 1, 1, 1, 1]])
+        (slot, _) = compile_genome(g, CFG).slots
+        assert (slot.featurizer.expansion, slot.featurizer.repeat, slot.mixer.expansion) == (4, 4, 4)
+        _check(g)
+        d = CFG.width
+        # long-conv history 4d x L, short-conv state of the untiled projections 3 x d x 2
+        assert sj.cache_bytes(g, CFG, seq_len=L, bytes_per_elem=1) == 4 * d * L + 3 * d * 2
+    finally:
+        unregister_liv_class(933)
     bad = FeaturizerGenome(932, "gated", tuple(
         FeatureGroup(g.name, channel_mixing=2, token_mixing=3, kernel_size=3 if g.name == "x" else 2)
         if g.name != "filter" else g for g in hyena.groups))
@@ -159,6 +173,32 @@ def test_gated_conv_featurizer_genome_sets_short_convs_and_expansion():
             compile_genome(Genome([[932, 1, 1, 1, 1]]), CFG)
     finally:
         unregister_liv_class(932)
+
+
+@pytest.mark.parametrize("kind,repeats,match", [
+    ("gated", {"b": 2}, r"b, c and x need one repeat"),
+    ("gated", {"b": 3, "c": 3, "x": 3}, r"repeat 3 of b, c and x must divide"),
+    ("gated", {"filter": 2}, r"\['filter'\].*a filter is one per channel"),
+    ("qkv", {"q": 2}, r"\['q'\].*queries are never shared"),
+    ("qkv", {"k": 2}, r"K and V .* need one repeat"),
+    ("ssm", {"x": 2}, r"\['x'\].*recurrence featurizer does not tile"),
+    ("glu", {"value": 3}, r"\['value'\].*memoryless featurizer does not tile"),
+])
+def test_featurizer_repeat_is_used_or_refused(kind, repeats, match):
+    # a featurizer genome's `repeat` either changes the model or is an error naming the LIV
+    import dataclasses
+    from star_jax.genome.classes import FeaturizerGenome, get_liv_class
+    base = {"gated": 8, "qkv": 1, "ssm": 5, "glu": 9}[kind]
+    fz = get_liv_class(base).featurizer
+    groups = tuple(dataclasses.replace(g, repeat=repeats.get(g.name, g.repeat)) for g in fz.groups)
+    op = get_liv_class(base).operator.to_string().split(".")
+    register_liv_class("Tiled", ".".join(["934", *op[1:]]), FeaturizerGenome(934, kind, groups),
+                       class_id=934, replace=True)
+    try:
+        with pytest.raises(ConfigError, match=r"LIV #1 \(Tiled.*" + match):
+            compile_genome(Genome([[9, 1, 1, 1, 1], [934, 1, 1, 1, 1]]), CFG)
+    finally:
+        unregister_liv_class(934)
 
 
 def test_generate_uses_decode_path():

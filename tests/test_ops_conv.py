@@ -21,8 +21,8 @@ def _mixer(kind, differential, kernel_size=3, expansion=1):
     return LongConvMixer(D, MAX_LEN, filter_order=4, expansion=expansion, differential=differential)
 
 
-def _build(kind, differential, kernel_size=3, length=L, short_conv=0, expansion=1):
-    feat = GatedConvFeaturizer(D, short_conv=short_conv, expansion=expansion, differential=differential)
+def _build(kind, differential, kernel_size=3, length=L, short_conv=0, expansion=1, repeat=1):
+    feat = GatedConvFeaturizer(D, short_conv=short_conv, expansion=expansion, repeat=repeat, differential=differential)
     mixer = _mixer(kind, differential, kernel_size, expansion)
     k1, k2, k3 = jax.random.split(jax.random.key(0), 3)
     h = jax.random.normal(k1, (B, length, D))
@@ -51,19 +51,22 @@ def _rel(a, b) -> float:
     return float(jnp.linalg.norm(a - b) / jnp.linalg.norm(b))
 
 
-# (mixer, differential, mixer kernel, featurizer short conv, expansion); the long cases with a
-# short conv on the projections are Hyena (GConv-2), the others GConv-1 and variants.
-CASES = [("short", False, 3, 0, 1), ("short", True, 3, 0, 1), ("short", False, 1, 0, 1), ("short", False, 4, 0, 1),
-         ("long", False, 0, 0, 1), ("long", True, 0, 0, 1), ("long", False, 0, 3, 1), ("long", True, 0, 3, 1),
-         ("long", False, 0, 3, 2), ("short", False, 3, 2, 3)]
+# (mixer, differential, mixer kernel, featurizer short conv, expansion, repeat); the long cases
+# with a short conv on the projections are Hyena (GConv-2), the others GConv-1 and variants; the
+# repeat-4 long case is mad-lab's Hyena layer (inner factor 4, projections tiled 4 times).
+CASES = [("short", False, 3, 0, 1, 1), ("short", True, 3, 0, 1, 1), ("short", False, 1, 0, 1, 1),
+         ("short", False, 4, 0, 1, 1), ("long", False, 0, 0, 1, 1), ("long", True, 0, 0, 1, 1),
+         ("long", False, 0, 3, 1, 1), ("long", True, 0, 3, 1, 1), ("long", False, 0, 3, 2, 1),
+         ("short", False, 3, 2, 3, 1), ("long", False, 0, 3, 4, 4), ("long", True, 0, 3, 2, 2),
+         ("short", False, 3, 2, 2, 4)]
 
 
-@pytest.mark.parametrize("kind,differential,k,short_conv,expansion", CASES)
-def test_decode_matches_parallel_and_is_causal(kind, differential, k, short_conv, expansion):
+@pytest.mark.parametrize("kind,differential,k,short_conv,expansion,repeat", CASES)
+def test_decode_matches_parallel_and_is_causal(kind, differential, k, short_conv, expansion, repeat):
     # long conv: lengths shorter than and equal to max_len
     lengths = (L, MAX_LEN) if (kind, differential, short_conv) in (("long", False, 0), ("long", False, 3)) else (L,)
     for length in lengths:
-        feat, mixer, fp, mp, h = _build(kind, differential, k, length, short_conv, expansion)
+        feat, mixer, fp, mp, h = _build(kind, differential, k, length, short_conv, expansion, repeat)
         fwd = jax.jit(lambda h: _forward(feat, mixer, fp, mp, h))
         y = fwd(h)
         y_dec, (fstate, state) = jax.jit(lambda fp, mp, h: _decode(feat, mixer, fp, mp, h))(fp, mp, h)
@@ -71,7 +74,8 @@ def test_decode_matches_parallel_and_is_causal(kind, differential, k, short_conv
         assert float(jnp.abs(y).max()) > 1e-3
         assert _rel(y_dec, y) < 1e-4
         assert _size(state) // B == mixer.state_elems(length)
-        assert _size(fstate) // B == feat.state_elems() == len(feat.groups()) * expansion * D * max(short_conv - 1, 0)
+        assert (_size(fstate) // B == feat.state_elems()
+                == len(feat.groups()) * expansion * D // repeat * max(short_conv - 1, 0))
         if kind == "long":
             assert int(state["pos"]) == length
     # causality: perturbing inputs after t leaves outputs up to t unchanged
@@ -81,10 +85,11 @@ def test_decode_matches_parallel_and_is_causal(kind, differential, k, short_conv
     assert float(jnp.abs(y[:, t + 1 :] - y2[:, t + 1 :]).max()) > 1e-4
 
 
-@pytest.mark.parametrize("differential,short_conv,expansion", [(False, 0, 1), (True, 0, 1), (False, 3, 1),
-                                                                (True, 3, 1), (False, 3, 4)])
-def test_param_and_state_counts(differential, short_conv, expansion):
-    feat = GatedConvFeaturizer(D, short_conv=short_conv, expansion=expansion, differential=differential)
+@pytest.mark.parametrize("differential,short_conv,expansion,repeat", [
+    (False, 0, 1, 1), (True, 0, 1, 1), (False, 3, 1, 1), (True, 3, 1, 1), (False, 3, 4, 1), (False, 3, 4, 4),
+    (True, 3, 2, 4), (False, 0, 1, 2)])
+def test_param_and_state_counts(differential, short_conv, expansion, repeat):
+    feat = GatedConvFeaturizer(D, short_conv=short_conv, expansion=expansion, repeat=repeat, differential=differential)
     h = jnp.zeros((1, 3, D))
     groups = feat.groups()
     for sub in [None, feat.shareable(), ("x",)] + [(g,) for g in groups]:
@@ -93,7 +98,10 @@ def test_param_and_state_counts(differential, short_conv, expansion):
         names = groups if sub is None else sub
         convs = {f"{g}_conv" for g in names} if short_conv else set()
         assert set(shapes["params"]) == set(names) | convs
-        assert _size(feat.init_state(1, sub)) == feat.state_elems(sub) == len(names) * expansion * D * max(short_conv - 1, 0)
+        assert (_size(feat.init_state(1, sub)) == feat.state_elems(sub)
+                == len(names) * expansion * D // repeat * max(short_conv - 1, 0))
+        for g in names:  # the projection has inner / repeat outputs
+            assert shapes["params"][g]["kernel"].shape == (D, expansion * D // repeat)
     n = 2 if differential else 1
     for kind, k in (("short", 1), ("short", 3), ("short", 5), ("long", 0)):
         mixer = _mixer(kind, differential, k, expansion)
@@ -167,7 +175,27 @@ def test_hyena_featurizer_short_convolves_each_projection():
         np.testing.assert_allclose(feats[g], ref, rtol=1e-4, atol=1e-5)
 
 
-@pytest.mark.parametrize("field,value", [("short_conv", -1), ("short_conv", 2.0), ("expansion", 0), ("expansion", True)])
+def test_repeat_tiles_each_projection_before_its_short_conv():
+    # mad-lab's Hyena (proj_groups): the projection h @ W_g (inner / repeat outputs) is tiled
+    # `repeat` times, then every one of the inner channels gets its own short-conv taps.
+    feat = GatedConvFeaturizer(D, short_conv=3, expansion=4, repeat=4)
+    h = jax.random.normal(jax.random.key(7), (B, L, D))
+    fp = feat.init(jax.random.key(8), h)
+    feats = feat.apply(fp, h)
+    for g in feat.groups():
+        w = np.asarray(fp["params"][g]["kernel"], np.float64)
+        assert w.shape == (D, D)
+        taps = np.asarray(fp["params"][f"{g}_conv"], np.float64)
+        assert taps.shape == (3, 4 * D)
+        proj = np.tile(np.asarray(h, np.float64) @ w, (1, 1, 4))
+        ref = sum(np.pad(proj, ((0, 0), (i, 0), (0, 0)))[:, :L] * taps[i] for i in range(3))
+        np.testing.assert_allclose(feats[g], ref, rtol=1e-4, atol=1e-5)
+        # the copies differ only through their taps: with equal taps they would be equal
+        assert float(np.abs(np.asarray(feats[g])[..., :D] - np.asarray(feats[g])[..., D:2 * D]).max()) > 1e-3
+
+
+@pytest.mark.parametrize("field,value", [("short_conv", -1), ("short_conv", 2.0), ("expansion", 0), ("expansion", True),
+                                         ("repeat", 0), ("repeat", 3)])
 def test_featurizer_rejects_bad_sizes(field, value):
     with pytest.raises(ValueError, match=field):
         GatedConvFeaturizer(D, **{field: value})

@@ -113,6 +113,14 @@ def _liv_where(i: int, cls: LIVClass) -> str:
     return f"LIV #{i} ({cls.name}, operator {cls.operator.to_string()})"
 
 
+def _single(i: int, cls: LIVClass, names, why: str) -> None:
+    """A ConfigError unless the featurizer groups `names` (None: all) have repeat 1."""
+    tiled = {g.name: g.repeat for g in cls.featurizer.groups if g.repeat != 1 and (names is None or g.name in names)}
+    if tiled:
+        raise ConfigError(f"{_liv_where(i, cls)}: feature group(s) {sorted(tiled)} ask for repeat "
+                          f"{tiled}, but {why}; use repeat 1")
+
+
 def _attention(i: int, cls: LIVClass, cfg: ModelConfig):
     op, fz = cls.operator, cls.featurizer
     where = _liv_where(i, cls)
@@ -122,6 +130,11 @@ def _attention(i: int, cls: LIVClass, cfg: ModelConfig):
         n_heads, head_dim = 1, cfg.width
     kname = "k1" if fz.differential else "k"
     repeat = fz.group(kname).repeat
+    _single(i, cls, [g.name for g in fz.groups if g.name.startswith("q")], "queries are never shared across heads")
+    kv = {g.name: g.repeat for g in fz.groups if not g.name.startswith("q")}
+    if len(set(kv.values())) > 1:
+        raise ConfigError(f"{where}: K and V are tiled across the same heads, so they need one repeat, but "
+                          f"the groups ask for {kv}")
     if n_heads % repeat:
         raise ConfigError(f"{where}: {n_heads} attention heads (width {cfg.width} / head_dim {head_dim}) are "
                           f"not divisible by the K/V repeat {repeat}; choose width/head_dim so that the head "
@@ -143,6 +156,7 @@ def _attention(i: int, cls: LIVClass, cfg: ModelConfig):
 
 def _recurrence(i: int, cls: LIVClass, cfg: ModelConfig):
     fz = cls.featurizer
+    _single(i, cls, None, "the recurrence featurizer does not tile its groups")
     e = fz.group("b1" if fz.differential else "b").expansion
     return (RecurrenceFeaturizer(width=cfg.width, state_expansion=e, differential=fz.differential),
             RecurrenceMixer(width=cfg.width, state_expansion=e, scan_impl=cfg.scan_impl, differential=fz.differential))
@@ -162,7 +176,16 @@ def _gated_conv(i: int, cls: LIVClass, cfg: ModelConfig):
         raise ConfigError(f"{_liv_where(i, cls)}: the gated-convolution featurizer multiplies its projections "
                           f"elementwise, so b, c and x need one expansion, but its groups ask for {expansions}")
     e = next(iter(expansions.values()))
-    feat = GatedConvFeaturizer(width=cfg.width, short_conv=next(iter(kernels.values())), expansion=e,
+    repeats = {g.name: g.repeat for g in fz.groups if g.name != "filter"}
+    if len(set(repeats.values())) > 1:
+        raise ConfigError(f"{_liv_where(i, cls)}: the gated-convolution featurizer multiplies its projections "
+                          f"elementwise, so b, c and x need one repeat, but its groups ask for {repeats}")
+    r = next(iter(repeats.values()))
+    if (e * cfg.width) % r:
+        raise ConfigError(f"{_liv_where(i, cls)}: repeat {r} of b, c and x must divide their width "
+                          f"expansion * width = {e} * {cfg.width}")
+    _single(i, cls, ("filter",), "a filter is one per channel")
+    feat = GatedConvFeaturizer(width=cfg.width, short_conv=next(iter(kernels.values())), expansion=e, repeat=r,
                                differential=fz.differential)
     if filt.implicit:
         mix = LongConvMixer(width=cfg.width, max_len=cfg.max_len, filter_order=filt.expansion, expansion=e,
@@ -175,6 +198,7 @@ def _gated_conv(i: int, cls: LIVClass, cfg: ModelConfig):
 def _memoryless(i: int, cls: LIVClass, cfg: ModelConfig):
     fz = cls.featurizer
     gate = fz.group("gate1" if fz.differential else "gate")
+    _single(i, cls, None, "the memoryless featurizer does not tile its groups")
     act = ACTIVATIONS.get(cls.operator.nonlinearity)
     if act is None:
         raise ConfigError(f"{_liv_where(i, cls)}: memoryless LIVs support nonlinearity none/relu/swish, "

@@ -49,7 +49,7 @@ def _centered(init, shift: float):
 
 
 class GatedConvFeaturizer(FeaturizerBase):
-    """Featurizer of the gated convolutions: (B, C, x) = Linear(h), each [..., width], optionally
+    """Featurizer of the gated convolutions: (B, C, x) = Linear(h), each [..., inner], optionally
     followed by a depthwise causal short convolution on each projection (Hyena's short filters).
 
     Attributes:
@@ -57,30 +57,53 @@ class GatedConvFeaturizer(FeaturizerBase):
       short_conv: kernel of the depthwise causal short conv on each projected group (0 = none).
         Hyena runs one of length 3 on every input projection before its long convolution and
         gates; it is what lets the long filter align a key with the value that follows it.
+      expansion: channels of every group / d (inner = expansion * d).
+      repeat: each group's projection has inner / repeat outputs, tiled `repeat` times across
+        the inner channels before the short conv (the featurizer genome's `repeat`). The copies
+        then differ through their own short-conv taps and long filters: mad-lab's Hyena layer
+        (inner_factor 4, proj_groups 4) is expansion 4, repeat 4, with projections no larger
+        than at expansion 1.
       differential: duplicate the gates (b1, c1, b2, c2; x shared).
 
-    Groups: b, c, x (differential b1, c1, b2, c2, x); each a bias-free Linear named by the group,
-    created only when computed, plus `{group}_conv` [short_conv, d] when short_conv > 0
-    (PyTorch Conv1d's default init, U(-1/sqrt(k), 1/sqrt(k)), as Hyena's short filter).
-    State (short_conv > 0): {group: [batch, short_conv - 1, d]} the last inputs, oldest first.
+    Groups: b, c, x (differential b1, c1, b2, c2, x); each a bias-free Linear d -> inner / repeat
+    named by the group, created only when computed, plus `{group}_conv` [short_conv, inner] when
+    short_conv > 0 (PyTorch Conv1d's default init, U(-1/sqrt(k), 1/sqrt(k)), as Hyena's short
+    filter).
+    State (short_conv > 0): {group: [batch, short_conv - 1, inner / repeat]} the last projected
+    inputs, oldest first (the tiled copies are the same inputs, so they are kept once).
     """
 
     width: int
     short_conv: int = 0
     expansion: int = 1
+    repeat: int = 1
     differential: bool = False
 
     def __post_init__(self):
-        for name in ("short_conv", "expansion"):
+        for name in ("short_conv", "expansion", "repeat"):
             v, lo = getattr(self, name), 0 if name == "short_conv" else 1
             if not isinstance(v, int) or isinstance(v, bool) or v < lo:
                 raise ValueError(f"GatedConvFeaturizer: {name} must be an int >= {lo}, got {v!r}")
+        if (self.expansion * self.width) % self.repeat:
+            raise ValueError(f"GatedConvFeaturizer: repeat ({self.repeat}) must divide the inner width "
+                             f"expansion * width = {self.expansion * self.width}")
         super().__post_init__()
 
     @property
     def inner(self) -> int:
         """Channels of every feature group: expansion * width."""
         return self.expansion * self.width
+
+    @property
+    def projected(self) -> int:
+        """Outputs of every group's projection: inner / repeat."""
+        return self.inner // self.repeat
+
+    def _tile(self, x: jax.Array) -> jax.Array:
+        """[..., inner / repeat] -> [..., inner]: the projection repeated across the inner channels."""
+        if self.repeat == 1:
+            return x
+        return jnp.tile(x, (1,) * (x.ndim - 1) + (self.repeat,))
 
     @nn.nowrap
     def groups(self) -> tuple[str, ...]:
@@ -97,7 +120,7 @@ class GatedConvFeaturizer(FeaturizerBase):
         """Create/fetch {group: (projection Dense, conv [k, d] | None)} for the given groups."""
         out = {}
         for g in groups:
-            dense = nn.Dense(self.inner, use_bias=False, kernel_init=nn.initializers.lecun_normal(), name=g)
+            dense = nn.Dense(self.projected, use_bias=False, kernel_init=nn.initializers.lecun_normal(), name=g)
             conv = None
             if self.short_conv > 0:
                 bound = 1.0 / math.sqrt(self.short_conv)
@@ -113,12 +136,12 @@ class GatedConvFeaturizer(FeaturizerBase):
           h: [batch, length, width].
           groups: names to compute; None = all of `groups()`.
         Returns:
-          dict group -> array shaped like h.
+          dict group -> [batch, length, inner].
         """
         chex.assert_axis_dimension(h, -1, self.width)
         feats = {}
         for g, (dense, conv) in self._weights(self._resolve(groups)).items():
-            x = rows(dense, h)
+            x = self._tile(rows(dense, h))
             if conv is not None:
                 chex.assert_rank(h, 3)
                 x = causal_short_conv(x, conv.astype(x.dtype))
@@ -126,34 +149,37 @@ class GatedConvFeaturizer(FeaturizerBase):
         return feats
 
     def step(self, h_t: jax.Array, state: dict, groups: tuple[str, ...] | None = None):
-        """One token: (features {group: [batch, width]}, new state)."""
+        """One token: (features {group: [batch, inner]}, new state)."""
         chex.assert_rank(h_t, 2)
         feats, new_state = {}, {}
         for g, (dense, conv) in self._weights(self._resolve(groups)).items():
-            x = dense(h_t)
+            x = self._tile(dense(h_t))
             if conv is not None:
-                x, new_state[g] = causal_short_conv_step(x, state[g], conv.astype(x.dtype))
+                x, history = causal_short_conv_step(x, self._tile(state[g]), conv.astype(x.dtype))
+                new_state[g] = history[..., : self.projected]
             feats[g] = x
         return feats, new_state
 
     @nn.nowrap
     def init_state(self, batch: int, groups=None, dtype=jnp.float32) -> dict:
-        """Zero decode state: {group: [batch, short_conv - 1, width]}, or {} without a short conv."""
+        """Zero decode state: {group: [batch, short_conv - 1, inner / repeat]}, or {} without a
+        short conv."""
         if self.short_conv == 0:
             return {}
-        return {g: jnp.zeros((batch, self.short_conv - 1, self.inner), dtype) for g in self._resolve(groups)}
+        return {g: jnp.zeros((batch, self.short_conv - 1, self.projected), dtype) for g in self._resolve(groups)}
 
     @nn.nowrap
     def param_count(self, groups=None) -> int:
         """Analytic number of parameters created when computing `groups` (None = all)."""
-        return len(self._resolve(groups)) * self.inner * (self.width + self.short_conv)
+        return len(self._resolve(groups)) * (self.projected * self.width + self.short_conv * self.inner)
 
     @nn.nowrap
     def state_elems(self, groups=None) -> int:
-        """Featurizer state per sequence: d * (short_conv - 1) per computed group (0 without)."""
+        """Featurizer state per sequence: inner / repeat * (short_conv - 1) per computed group (0
+        without a short conv)."""
         if self.short_conv == 0:
             return 0
-        return len(self._resolve(groups)) * self.inner * (self.short_conv - 1)
+        return len(self._resolve(groups)) * self.projected * (self.short_conv - 1)
 
 
 class ShortConvMixer(MixerBase):

@@ -6,7 +6,10 @@ optimiser as mad-lab runs it: AdamW at a constant learning rate, betas (0.9, 0.9
 weight decay, no gradient clipping. Every cell records the test accuracy on the task's 1,280-
 sequence test set, its wall time (compile included) and its XLA compile count. An extra row,
 "GConv-2 x4", is GConv-2 with the gated path four times wider (featurizer expansion 4, the inner
-width of mad-lab's own Hyena layer config) so the card can be read against mad-lab's Hyena.
+width of mad-lab's own Hyena layer config), and a second, "GConv-2 x4 tiled", is mad-lab's Hyena
+layer itself: expansion 4 with each projection tiled four times (featurizer repeat 4; mad-lab's
+proj_groups 4), so its projections are no larger than GConv-2's. Both are reference rows, so the
+card can be read against mad-lab's Hyena.
 
 Two budgets:
   --budget cpu     (default) width 64, batch 64, 300 steps, lr 3e-3: the whole card in about an
@@ -16,10 +19,11 @@ Two budgets:
 
 Results go to benchmarks/results/<name>.{json,md,png}; the JSON is rewritten after every cell,
 and a rerun with the same name and budget skips the cells already done (so a killed run
-resumes). Usage:
+resumes, and more --seeds train only the new seeds). With several seeds a cell reads
+mean +- sd over them. Usage:
 
     python benchmarks/mad_card.py [--budget cpu|madlab] [--name mad_card] [--classes 1,8,9]
-                                  [--tasks in_context_recall,...] [--no-wide]
+                                  [--tasks in_context_recall,...] [--seeds 0,1,2] [--no-wide]
 """
 from __future__ import annotations
 
@@ -27,6 +31,7 @@ import argparse
 import json
 import os
 import platform
+import statistics
 import sys
 import time
 
@@ -38,21 +43,26 @@ BUDGETS = {
     "cpu": {"width": 64, "batch_size": 64, "steps": 300, "lr": 3e-3},
     "madlab": {"width": 128, "batch_size": 128, "steps": 200, "lr": 5e-4},
 }
-WIDE_ID, WIDE_NAME = 99, "GConv-2 x4"
+# reference rows: (class id, name, featurizer repeat, description); both have expansion 4
+WIDE = ((99, "GConv-2 x4", 1, "GConv-2, gated path 4x wider"),
+        (98, "GConv-2 x4 tiled", 4, "GConv-2, gated path 4x wider from projections tiled 4 times "
+                                    "(mad-lab's Hyena layer: inner_factor 4, proj_groups 4)"))
 
 
-def _register_wide():
-    """GConv-2 with a 4x wider gated path (mad-lab's Hyena inner width), as a user class."""
+def _register_wide() -> list[int]:
+    """The reference rows as user classes: GConv-2 at mad-lab's Hyena inner width."""
+    import dataclasses
+
     import star_jax as sj
-    from star_jax.genome.classes import FeatureGroup, FeaturizerGenome, get_liv_class
+    from star_jax.genome.classes import FeaturizerGenome, get_liv_class
 
     hyena = get_liv_class(8).featurizer
-    groups = tuple(g if g.name == "filter" else FeatureGroup(g.name, token_mixing=g.token_mixing,
-                                                             kernel_size=g.kernel_size, channel_mixing=2, expansion=4)
-                   for g in hyena.groups)
-    sj.register_liv_class(WIDE_NAME, f"{WIDE_ID}.3.1.1.1", FeaturizerGenome(WIDE_ID, "gated", groups),
-                          class_id=WIDE_ID, replace=True, description="GConv-2, gated path 4x wider")
-    return WIDE_ID
+    for cid, name, repeat, desc in WIDE:
+        groups = tuple(g if g.name == "filter" else dataclasses.replace(g, expansion=4, repeat=repeat)
+                       for g in hyena.groups)
+        sj.register_liv_class(name, f"{cid}.3.1.1.1", FeaturizerGenome(cid, "gated", groups),
+                              class_id=cid, replace=True, description=desc)
+    return [cid for cid, *_ in WIDE]
 
 
 def _compile_counter():
@@ -86,27 +96,42 @@ def _short_task(name: str) -> str:
 def _report(out: dict, base: str) -> None:
     """Markdown table and heat map of what is done so far."""
     rows, tasks = out["rows"], out["tasks"]
-    cells = {(c["class"], c["task"]): c for c in out["cells"]}
+    seeds = out.get("seeds", [out.get("seed", 0)])
+    cells: dict = {}  # (class, task) -> the cells of every seed done
+    for c in out["cells"]:
+        cells.setdefault((c["class"], c["task"]), []).append(c)
+
+    def acc(key) -> str:
+        a = [c["test_accuracy"] for c in cells[key]]
+        if len(a) == 1:
+            return f"{a[0]:.3f}"
+        return f"{statistics.mean(a):.3f} ± {statistics.stdev(a):.3f}"
+
+    def mean_of(key, field) -> float:
+        return statistics.mean(c[field] for c in cells[key])
+
+    seeds_text = (f"One training seed ({seeds[0]}) per cell: a difference of a few points between two cells "
+                  "is within seed noise." if len(seeds) == 1 else
+                  f"Every cell is trained with seeds {', '.join(map(str, seeds))} and reads mean ± sd over "
+                  "them; times are means per seed.")
     lines = [f"# MAD card ({out['budget']} budget)", "",
              f"Command: `{out['command']}`  ", f"Machine: {out['machine']}; JAX {out['jax']}.  ",
              f"Budget: {json.dumps(out['settings'])}; optimiser: {out['optimizer']}.  ",
-             "Backbone: the class, then SwiGLU (MAD's 2-block model). One training seed (0) per cell: "
-             "a difference of a few points between two cells is within seed noise.  ",
+             f"Backbone: the class, then SwiGLU (MAD's 2-block model). {seeds_text}  ",
              f"Total wall time: {out.get('total_seconds', 0.0):.0f} s over {len(out['cells'])} cells "
              f"(compile included).", "",
              "Test accuracy (1,280 test sequences):", "",
              "| class | " + " | ".join(_short_task(t) for t in tasks) + " | mean |",
              "|---|" + "---|" * (len(tasks) + 1)]
     for r in rows:
-        accs = [cells[(r, t)]["test_accuracy"] if (r, t) in cells else None for t in tasks]
-        done = [a for a in accs if a is not None]
+        done = [mean_of((r, t), "test_accuracy") for t in tasks if (r, t) in cells]
         mean = f"{sum(done) / len(done):.3f}" if len(done) == len(tasks) else ""
-        lines.append(f"| {r} | " + " | ".join("" if a is None else f"{a:.3f}" for a in accs) + f" | {mean} |")
+        lines.append(f"| {r} | " + " | ".join(acc((r, t)) if (r, t) in cells else "" for t in tasks) + f" | {mean} |")
     lines += ["", "Wall seconds per cell (compile included; compile seconds in brackets):", "",
               "| class | " + " | ".join(_short_task(t) for t in tasks) + " |", "|---|" + "---|" * len(tasks)]
     for r in rows:
         lines.append(f"| {r} | " + " | ".join(
-            f"{cells[(r, t)]['seconds']:.0f} ({cells[(r, t)]['compile_seconds']:.0f})" if (r, t) in cells else ""
+            f"{mean_of((r, t), 'seconds'):.0f} ({mean_of((r, t), 'compile_seconds'):.0f})" if (r, t) in cells else ""
             for t in tasks) + " |")
     with open(base + ".md", "w") as f:
         f.write("\n".join(lines) + "\n")
@@ -121,7 +146,7 @@ def _report(out: dict, base: str) -> None:
     for i, r in enumerate(rows):
         for j, t in enumerate(tasks):
             if (r, t) in cells:
-                grid[i, j] = cells[(r, t)]["test_accuracy"]
+                grid[i, j] = mean_of((r, t), "test_accuracy")
     fig, ax = plt.subplots(figsize=(1.3 * len(tasks) + 2.5, 0.42 * len(rows) + 1.6))
     im = ax.imshow(grid, vmin=0, vmax=1, cmap="viridis", aspect="auto")
     for i in range(len(rows)):
@@ -131,7 +156,8 @@ def _report(out: dict, base: str) -> None:
                         color="white" if grid[i, j] < 0.6 else "black")
     ax.set_xticks(range(len(tasks)), [_short_task(t) for t in tasks], rotation=30, ha="right")
     ax.set_yticks(range(len(rows)), rows)
-    ax.set_title(f"MAD card: test accuracy, class + SwiGLU ({out['budget']} budget, seed 0)")
+    seed_label = f"seed {seeds[0]}" if len(seeds) == 1 else f"mean over seeds {', '.join(map(str, seeds))}"
+    ax.set_title(f"MAD card: test accuracy, class + SwiGLU ({out['budget']} budget, {seed_label})")
     fig.colorbar(im, ax=ax, label="test accuracy (higher is better)")
     fig.tight_layout()
     fig.savefig(base + ".png", dpi=120)
@@ -145,8 +171,15 @@ def main(argv=None) -> int:
     ap.add_argument("--classes", default=None, help="comma-separated class ids (default: all 17)")
     ap.add_argument("--tasks", default=None, help="comma-separated MAD task names (default: all six)")
     ap.add_argument("--no-wide", action="store_true", help=f"skip the '{WIDE_NAME}' reference row")
-    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--seeds", default=None, help="comma-separated training seeds (default: --seed)")
+    ap.add_argument("--seed", type=int, default=0, help="the one training seed when --seeds is not given")
     args = ap.parse_args(argv)
+    try:
+        seeds = [int(x) for x in args.seeds.split(",")] if args.seeds else [args.seed]
+    except ValueError:
+        ap.error(f"--seeds: expected comma-separated integers, got {args.seeds!r}")
+    if len(set(seeds)) != len(seeds):
+        ap.error(f"--seeds: each seed once, got {args.seeds!r}")
 
     import jax
 
@@ -160,15 +193,13 @@ def main(argv=None) -> int:
     base = os.path.join(HERE, "results", name)
     class_list = [int(c) for c in args.classes.split(",")] if args.classes else list(range(1, 18))
     if not args.no_wide:
-        class_list.append(_register_wide())
+        class_list += _register_wide()
     settings = {s.task: s for s in sj.tasks.mad_baselines()}
     tasks = args.tasks.split(",") if args.tasks else list(settings)
     unknown = [t for t in tasks if t not in settings]
     if unknown:
         ap.error(f"--tasks: unknown MAD task(s) {unknown}; choose from {sorted(settings)}")
-    tcfg = sj.TrainConfig(steps=budget["steps"], batch_size=budget["batch_size"], lr=budget["lr"],
-                          weight_decay=0.0, min_lr_ratio=1.0, b1=0.9, b2=0.999, clip_norm=None, seed=args.seed)
-    out = {"budget": args.budget, "settings": budget, "seed": args.seed, "tasks": tasks,
+    out = {"budget": args.budget, "settings": budget, "seeds": seeds, "tasks": tasks,
            "rows": [get_liv_class(c).name for c in class_list],
            "optimizer": "AdamW, constant lr, betas (0.9, 0.999), weight decay 0, no clipping",
            "command": "python benchmarks/mad_card.py " + " ".join(argv if argv is not None else sys.argv[1:]),
@@ -178,31 +209,40 @@ def main(argv=None) -> int:
     if os.path.exists(base + ".json"):
         with open(base + ".json") as f:
             old = json.load(f)
-        if old.get("settings") == budget and old.get("seed") == args.seed:
-            out["cells"] = [c for c in old["cells"] if c["class"] in out["rows"] and c["task"] in tasks]
+        if old.get("settings") == budget:
+            for c in old["cells"]:  # a card from before --seeds has one seed, "seed", for all cells
+                c.setdefault("seed", old.get("seed", 0))
+            out["cells"] = [c for c in old["cells"]
+                            if c["class"] in out["rows"] and c["task"] in tasks and c["seed"] in seeds]
             out["total_seconds"] = sum(c["seconds"] for c in out["cells"])
-    done = {(c["class"], c["task"]) for c in out["cells"]}
+    done = {(c["class"], c["task"], c["seed"]) for c in out["cells"]}
     for task_name in tasks:
         task = settings[task_name].make()
         cfg = sj.ModelConfig(width=budget["width"], vocab_size=task.vocab_size, max_len=task.seq_len, head_dim=16)
         for cid in class_list:
             cls = get_liv_class(cid)
-            if (cls.name, task_name) in done:
-                continue
             genome = sj.Genome([[cid, 1, 1, 1, 1], [9, 1, 1, 1, 1]])
-            n0, s0, t0 = counts["n"], counts["s"], time.perf_counter()
-            res = sj.train(genome, cfg, task, tcfg, progress=False)
-            cell = {"class": cls.name, "class_id": cid, "task": task_name,
-                    "test_accuracy": float(res.metrics["test_accuracy"]),
-                    "test_loss": float(res.metrics["test_loss"]), "diverged": bool(res.metrics.get("diverged", False)),
-                    "seconds": time.perf_counter() - t0, "compiles": counts["n"] - n0,
-                    "compile_seconds": counts["s"] - s0, "params": sj.param_count(genome, cfg)}
-            out["cells"].append(cell)
-            out["total_seconds"] += cell["seconds"]
-            print(f"{cls.name:>12} {task_name:>24}: acc {cell['test_accuracy']:.3f}  {cell['seconds']:.1f} s "
-                  f"({cell['compiles']} compiles, {cell['compile_seconds']:.1f} s)", flush=True)
-            _write(base + ".json", out)
-            _report(out, base)
+            for seed in seeds:
+                if (cls.name, task_name, seed) in done:
+                    continue
+                tcfg = sj.TrainConfig(steps=budget["steps"], batch_size=budget["batch_size"], lr=budget["lr"],
+                                      weight_decay=0.0, min_lr_ratio=1.0, b1=0.9, b2=0.999, clip_norm=None, seed=seed)
+                n0, s0, t0 = counts["n"], counts["s"], time.perf_counter()
+                res = sj.train(genome, cfg, task, tcfg, progress=False)
+                cell = {"class": cls.name, "class_id": cid, "task": task_name, "seed": seed,
+                        "test_accuracy": float(res.metrics["test_accuracy"]),
+                        "test_loss": float(res.metrics["test_loss"]),
+                        "diverged": bool(res.metrics.get("diverged", False)),
+                        "seconds": time.perf_counter() - t0, "compiles": counts["n"] - n0,
+                        "compile_seconds": counts["s"] - s0, "params": sj.param_count(genome, cfg),
+                        "cache_bytes": sj.cache_bytes(genome, cfg, seq_len=task.seq_len)}
+                out["cells"].append(cell)
+                out["total_seconds"] += cell["seconds"]
+                print(f"{cls.name:>16} {task_name:>24} seed {seed}: acc {cell['test_accuracy']:.3f}  "
+                      f"{cell['seconds']:.1f} s ({cell['compiles']} compiles, {cell['compile_seconds']:.1f} s)",
+                      flush=True)
+                _write(base + ".json", out)
+                _report(out, base)
     _write(base + ".json", out)
     _report(out, base)
     print(f"wrote {base}.json, .md, .png ({out['total_seconds']:.0f} s)")

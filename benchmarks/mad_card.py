@@ -170,7 +170,7 @@ def main(argv=None) -> int:
     ap.add_argument("--name", default=None, help="results name (default mad_card, or mad_card_madlab)")
     ap.add_argument("--classes", default=None, help="comma-separated class ids (default: all 17)")
     ap.add_argument("--tasks", default=None, help="comma-separated MAD task names (default: all six)")
-    ap.add_argument("--no-wide", action="store_true", help=f"skip the '{WIDE_NAME}' reference row")
+    ap.add_argument("--no-wide", action="store_true", help="skip the reference rows (" + ", ".join(w[1] for w in WIDE) + ")")
     ap.add_argument("--seeds", default=None, help="comma-separated training seeds (default: --seed)")
     ap.add_argument("--seed", type=int, default=0, help="the one training seed when --seeds is not given")
     args = ap.parse_args(argv)

@@ -56,7 +56,8 @@ class EvolveConfig:
             front and the baselines with K fresh training seeds and compare them by paired
             intervals (``star_jax.evolve.reevaluate``; ``reevaluation.jsonl`` and ``.md`` in the
             run directory, resumable). It does not change the search: a finished run given
-            another value re-evaluates without retraining anything else.
+            another value re-evaluates without retraining anything else. The comparisons need
+            the baselines, so they are trained here even when ``baselines`` is False.
         n_liv: backbone length (LIVs per genome), fixed during a run.
         pop_size: NSGA-II population size (paper: 16).
         generations: offspring generations after the initial population (paper: 18); a run

@@ -5,6 +5,8 @@ training seed was lucky. `reevaluate` retrains every front genome and every base
 fresh training seeds (the search's own seed excluded: seeds ``train.seed + 1 ... + K``) at the
 run's budget, and compares each front genome with each baseline by the paired differences of
 their quality objective over the same seeds (same initialisation seed and batch order for both).
+The baselines are the comparisons' reference, so they are retrained here even for a run made with
+``baselines=False`` (which only skips scoring them during the search).
 
 Intervals: paired t intervals, mean(d) +- t_{1 - a/2, K-1} sd(d) / sqrt(K), with d the per-seed
 difference (front genome minus baseline; the objective is minimised, so negative is better),

@@ -12,7 +12,7 @@ from typing import Sequence
 
 import numpy as np
 
-from .classes import get_liv_class, class_ids, nearest_in_pool, LIVClass, _REGISTRY
+from .classes import get_liv_class, class_ids, nearest_in_pool, LIVClass
 from .errors import GenomeError
 
 POSITIONS = ("liv_class", "featurizer_group", "featurizer_sharing", "feature_group", "feature_group_sharing")

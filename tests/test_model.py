@@ -175,6 +175,37 @@ def test_gated_conv_featurizer_genome_sets_short_convs_and_expansion():
         unregister_liv_class(932)
 
 
+def test_recurrence_featurizer_genome_sets_mambas_conv():
+    # Rec-1 has no conv on x; a user class asks for Mamba's (token_mixing 3, kernel 4, SiLU) in
+    # its featurizer genome, and the counts, the decode cache (d x 3 more) and decode follow.
+    import dataclasses
+    from star_jax.genome.classes import FeaturizerGenome, get_liv_class
+    assert compile_genome(Genome([[5, 1, 1, 1, 1]]), CFG).slots[0].featurizer.x_conv == 0
+    rec = get_liv_class(5).featurizer
+
+    def variant(fid, **x):
+        return FeaturizerGenome(fid, "ssm", tuple(dataclasses.replace(g, **x) if g.name == "x" else g
+                                                  for g in rec.groups))
+
+    register_liv_class("Mamba-m", "935.4.1.1.1", variant(935, token_mixing=3, kernel_size=4, nonlinearity=4),
+                       class_id=935, replace=True)
+    register_liv_class("BadMamba", "936.4.1.1.1", variant(936, token_mixing=3, kernel_size=4),
+                       class_id=936, replace=True)
+    try:
+        # features shared by #0 and #2, featurizer weights shared by #3 and #4
+        g = Genome([[935, 1, 1, 1, 2], [9, 1, 1, 1, 1], [935, 2, 1, 1, 2], [935, 3, 2, 3, 1], [935, 3, 2, 4, 1],
+                    [5, 5, 1, 5, 1]])
+        prog = compile_genome(g, CFG)
+        assert prog.slots[0].featurizer.x_conv == 4
+        _check(g)
+        d, e = CFG.width, 16
+        assert sj.cache_bytes(Genome([[935, 1, 1, 1, 1]]), CFG, seq_len=L, bytes_per_elem=1) == d * e + d * 3
+        with pytest.raises(ConfigError, match=r"LIV #0 \(BadMamba.*SiLU.*nonlinearity 1"):
+            compile_genome(Genome([[936, 1, 1, 1, 1]]), CFG)
+    finally:
+        unregister_liv_class(935); unregister_liv_class(936)
+
+
 @pytest.mark.parametrize("kind,repeats,match", [
     ("gated", {"b": 2}, r"b, c and x need one repeat"),
     ("gated", {"b": 3, "c": 3, "x": 3}, r"repeat 3 of b, c and x must divide"),

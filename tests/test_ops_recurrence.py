@@ -15,8 +15,8 @@ def _size(tree) -> int:
     return sum(int(np.prod(x.shape)) for x in jax.tree.leaves(tree))
 
 
-def _build(differential, scan_impl="scan", key=0):
-    feat = RecurrenceFeaturizer(D, E, differential=differential)
+def _build(differential, scan_impl="scan", key=0, x_conv=0):
+    feat = RecurrenceFeaturizer(D, E, x_conv=x_conv, differential=differential)
     mixer = RecurrenceMixer(D, E, scan_impl=scan_impl, differential=differential)
     k1, k2, k3 = jax.random.split(jax.random.key(key), 3)
     h = jax.random.normal(k1, (B, L, D))
@@ -45,9 +45,9 @@ def _rel(a, b) -> float:
     return float(jnp.linalg.norm(a - b) / jnp.linalg.norm(b))
 
 
-@pytest.mark.parametrize("differential", [False, True])
-def test_decode_matches_parallel_and_is_causal(differential):
-    feat, mixer, fp, mp, h = _build(differential)
+@pytest.mark.parametrize("differential,x_conv", [(False, 0), (True, 0), (False, 4), (True, 4), (False, 1)])
+def test_decode_matches_parallel_and_is_causal(differential, x_conv):
+    feat, mixer, fp, mp, h = _build(differential, x_conv=x_conv)
     fwd = jax.jit(lambda h: _forward(feat, mixer, fp, mp, h))
     y = fwd(h)
     y_dec = jax.jit(lambda fp, mp, h: _decode(feat, mixer, fp, mp, h))(fp, mp, h)
@@ -134,6 +134,7 @@ def test_selective_scan_hand_written_vjp_matches_autodiff(length):
 
 @pytest.mark.parametrize("differential", [False, True])
 def test_param_and_state_counts(differential):
+    _mamba_conv_counts(differential)
     feat = RecurrenceFeaturizer(D, E, differential=differential)
     mixer = RecurrenceMixer(D, E, differential=differential)
     h = jnp.zeros((1, 3, D))
@@ -151,6 +152,46 @@ def test_param_and_state_counts(differential):
     assert _size(state) == mixer.state_elems(64) == (2 if differential else 1) * D * E
     with pytest.raises(ValueError, match="unknown feature groups"):
         feat.param_count(("q",))
+
+
+def _mamba_conv_counts(differential):
+    # with Mamba's conv, computing x or any of b, c, dt creates x's projection and the conv
+    feat = RecurrenceFeaturizer(D, E, x_conv=4, differential=differential)
+    h = jnp.zeros((1, 5, D))
+    groups = feat.groups()
+    for sub in [None, feat.shareable(), ("z",)] + [(g,) for g in groups]:
+        shapes = jax.eval_shape(lambda: feat.init(jax.random.key(0), h, sub))
+        assert _size(shapes) == feat.param_count(sub), sub
+        names = set(groups if sub is None else sub)
+        if names != {"z"}:
+            names |= {"x", "x_conv", "x_conv_bias"}
+        assert set(shapes["params"]) == names, sub
+        state = feat.init_state(1, sub)
+        assert _size(state) == feat.state_elems(sub) == (0 if sub == ("z",) else D * 3)
+
+
+def test_mamba_conv_feeds_x_and_the_selective_groups():
+    # x = silu(conv4(h @ W_x) + bias) and b, c, dt read that x (the Mamba block); z reads h
+    feat = RecurrenceFeaturizer(D, E, x_conv=4)
+    h = jax.random.normal(jax.random.key(3), (B, L, D))
+    fp = feat.init(jax.random.key(4), h)
+    feats = feat.apply(fp, h)
+    p = jax.tree.map(lambda a: np.asarray(a, np.float64), fp["params"])
+    hn = np.asarray(h, np.float64)
+    proj = hn @ p["x"]["kernel"]
+    conv = sum(np.pad(proj, ((0, 0), (i, 0), (0, 0)))[:, :L] * p["x_conv"][i] for i in range(4)) + p["x_conv_bias"]
+    x = conv / (1 + np.exp(-conv))
+    np.testing.assert_allclose(feats["x"], x, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(feats["b"], x @ p["b"]["kernel"], rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(feats["c"], x @ p["c"]["kernel"], rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(feats["dt"], np.log1p(np.exp(x @ p["dt"]["kernel"] + p["dt"]["bias"])),
+                               rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(feats["z"], hn @ p["z"]["kernel"], rtol=1e-4, atol=1e-5)
+    bound = 1 / np.sqrt(4)  # PyTorch Conv1d's default init
+    assert np.abs(p["x_conv"]).max() <= bound and np.abs(p["x_conv_bias"]).max() <= bound
+    for bad in (-1, 2.0, True):
+        with pytest.raises(ValueError, match="x_conv"):
+            RecurrenceFeaturizer(D, E, x_conv=bad)
 
 
 def test_init_values():

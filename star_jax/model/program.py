@@ -156,9 +156,22 @@ def _attention(i: int, cls: LIVClass, cfg: ModelConfig):
 
 def _recurrence(i: int, cls: LIVClass, cfg: ModelConfig):
     fz = cls.featurizer
+    where = _liv_where(i, cls)
     _single(i, cls, None, "the recurrence featurizer does not tile its groups")
     e = fz.group("b1" if fz.differential else "b").expansion
-    return (RecurrenceFeaturizer(width=cfg.width, state_expansion=e, differential=fz.differential),
+    # Mamba's causal depthwise conv + SiLU on x (B, C and dt then read the convolved x)
+    xg = fz.group("x")
+    conv = xg.kernel_size if xg.token_mixing == 3 else 0
+    if xg.token_mixing not in (1, 3) or (xg.token_mixing == 3 and (xg.implicit or xg.nonlinearity != 4)):
+        raise ConfigError(f"{where}: the recurrence featurizer's x is a projection (token_mixing 1) or Mamba's "
+                          f"short causal conv followed by SiLU (token_mixing 3 with a kernel_size, nonlinearity 4), "
+                          f"not token_mixing {xg.token_mixing}, nonlinearity {xg.nonlinearity}"
+                          f"{', implicit' if xg.implicit else ''}")
+    mixed = {g.name: g.token_mixing for g in fz.groups if g.name != "x" and g.token_mixing != 1}
+    if mixed:
+        raise ConfigError(f"{where}: only x can be convolved in the recurrence featurizer (B, C and dt follow it), "
+                          f"but groups ask for token_mixing {mixed}")
+    return (RecurrenceFeaturizer(width=cfg.width, state_expansion=e, x_conv=conv, differential=fz.differential),
             RecurrenceMixer(width=cfg.width, state_expansion=e, scan_impl=cfg.scan_impl, differential=fz.differential))
 
 

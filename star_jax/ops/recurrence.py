@@ -13,10 +13,10 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from star_jax.ops.base import MixerBase, StatelessFeaturizer
+from star_jax.ops.base import FeaturizerBase, MixerBase
 from star_jax.ops.groups import branch_suffixes
 from star_jax.ops.differential import DiffLambda, diff_combine
-from star_jax.ops.primitives import rows
+from star_jax.ops.primitives import causal_short_conv, causal_short_conv_step, rows
 
 SCAN_IMPLS = ("scan", "associative")
 DT_MIN, DT_MAX = 1e-3, 1e-1
@@ -187,23 +187,35 @@ def _s4d_real_init(key, shape, dtype=jnp.float32):
 
 
 
-class RecurrenceFeaturizer(StatelessFeaturizer):
+class RecurrenceFeaturizer(FeaturizerBase):
     """Featurizer of the selective SSM: value x, output gate z, and the input-varying B, C, dt.
 
     Attributes:
       width: model width d (also the SSM's channel count).
       state_expansion: state size e per channel.
+      x_conv: kernel of Mamba's causal depthwise conv on x (0 = none, Mamba uses 4). With it,
+        x = silu(conv(Linear(h)) + bias), and B, C and dt are computed from that convolved x
+        rather than from h, as in the Mamba block; z still reads h.
       differential: duplicate the operator-defining groups (b1, c1, dt1, b2, c2, dt2).
 
-    Groups (each a Linear of h named by the group; only computed groups get parameters):
+    Groups (each a Linear named by the group; only computed groups get parameters):
       x: [..., d] value; z: [..., d] output gate; b, c: [..., e]; dt: [..., d] =
-      softplus(Linear(h) + bias), bias initialised so dt is log-uniform in [1e-3, 1e-1].
-    No decode state: the featurizer is memoryless.
+      softplus(Linear + bias), bias initialised so dt is log-uniform in [1e-3, 1e-1].
+      With x_conv, computing any of x, b, c, dt computes x, so it also creates x's Linear and
+      `x_conv` [x_conv, d] (PyTorch Conv1d's default init) and `x_conv_bias` [d].
+    State: none without x_conv; with it {"x": [batch, x_conv - 1, d]}, the last projected x
+      inputs, oldest first (whenever x is computed).
     """
 
     width: int
     state_expansion: int = 16
+    x_conv: int = 0
     differential: bool = False
+
+    def __post_init__(self):
+        if not isinstance(self.x_conv, int) or isinstance(self.x_conv, bool) or self.x_conv < 0:
+            raise ValueError(f"RecurrenceFeaturizer: x_conv must be an int >= 0, got {self.x_conv!r}")
+        super().__post_init__()
 
     @nn.nowrap
     def groups(self) -> tuple[str, ...]:
@@ -222,42 +234,105 @@ class RecurrenceFeaturizer(StatelessFeaturizer):
             return self.state_expansion, False
         return self.width, kind == "dt"
 
-    @nn.compact
-    def __call__(self, h: jax.Array, groups: tuple[str, ...] | None = None) -> dict[str, jax.Array]:
-        """Compute the requested feature groups.
+    @nn.nowrap
+    def _needs_x(self, groups: tuple[str, ...]) -> bool:
+        """With x_conv, whether computing `groups` computes the convolved x."""
+        return self.x_conv > 0 and any(g != "z" for g in groups)
 
-        Arguments:
-          h: [batch, length, width] (or [batch, width] for one token).
-          groups: names to compute; None = all of `groups()`.
-        Returns:
-          dict group -> [batch, length, d or e] (same leading axes as h).
-        """
-        chex.assert_axis_dimension(h, -1, self.width)
-        feats = {}
-        for g in self._resolve(groups):
+    @nn.compact
+    def _weights(self, groups: tuple[str, ...]) -> dict:
+        """{group: Dense} for `groups` (plus x when it feeds them), and with x_conv ("x_conv":
+        (taps [k, d], bias [d]))."""
+        out = {}
+        names = (("x",) + tuple(g for g in groups if g != "x")) if self._needs_x(groups) else groups
+        for g in names:
             size, has_bias = self._group_shape(g)
             if g.startswith("dt"):
-                dense = nn.Dense(
+                out[g] = nn.Dense(
                     size,
                     use_bias=True,
                     kernel_init=nn.initializers.variance_scaling(_DT_KERNEL_SCALE, "fan_in", "normal"),
                     bias_init=_dt_bias_init,
                     name=g,
                 )
-                feats[g] = jax.nn.softplus(rows(dense, h))
             else:
-                dense = nn.Dense(size, use_bias=False, kernel_init=nn.initializers.lecun_normal(), name=g)
-                feats[g] = rows(dense, h)
+                out[g] = nn.Dense(size, use_bias=False, kernel_init=nn.initializers.lecun_normal(), name=g)
+        if self._needs_x(groups):
+            bound = 1.0 / math.sqrt(self.x_conv)
+            uniform = lambda k, shape, dtype=jnp.float32: jax.random.uniform(k, shape, dtype, -bound, bound)  # noqa: E731
+            out["x_conv"] = (self.param("x_conv", uniform, (self.x_conv, self.width), jnp.float32),
+                             self.param("x_conv_bias", uniform, (self.width,), jnp.float32))
+        return out
+
+    @nn.nowrap
+    def _features(self, groups, weights, h, x) -> dict[str, jax.Array]:
+        """The requested groups from h (z, and everything without x_conv) or the convolved x."""
+        feats = {}
+        for g in groups:
+            if g == "x" and x is not None:
+                feats[g] = x
+                continue
+            src = x if (x is not None and g != "z") else h
+            y = rows(weights[g], src)
+            feats[g] = jax.nn.softplus(y) if g.startswith("dt") else y
         return feats
+
+    def __call__(self, h: jax.Array, groups: tuple[str, ...] | None = None) -> dict[str, jax.Array]:
+        """Compute the requested feature groups.
+
+        Arguments:
+          h: [batch, length, width] (or [batch, width] for one token without x_conv).
+          groups: names to compute; None = all of `groups()`.
+        Returns:
+          dict group -> [batch, length, d or e] (same leading axes as h).
+        """
+        chex.assert_axis_dimension(h, -1, self.width)
+        groups = self._resolve(groups)
+        weights = self._weights(groups)
+        x = None
+        if self._needs_x(groups):
+            chex.assert_rank(h, 3)
+            taps, bias = weights["x_conv"]
+            x = causal_short_conv(rows(weights["x"], h), taps.astype(h.dtype))
+            x = jax.nn.silu(x + bias.astype(h.dtype).reshape(1, 1, -1))
+        return self._features(groups, weights, h, x)
+
+    def step(self, h_t: jax.Array, state: dict, groups: tuple[str, ...] | None = None):
+        """One token: (features {group: [batch, d or e]}, new state)."""
+        chex.assert_rank(h_t, 2)
+        groups = self._resolve(groups)
+        weights = self._weights(groups)
+        x, new_state = None, {}
+        if self._needs_x(groups):
+            taps, bias = weights["x_conv"]
+            x, new_state["x"] = causal_short_conv_step(weights["x"](h_t), state["x"], taps.astype(h_t.dtype))
+            x = jax.nn.silu(x + bias.astype(h_t.dtype).reshape(1, -1))
+        return self._features(groups, weights, h_t, x), new_state
+
+    @nn.nowrap
+    def init_state(self, batch: int, groups=None, dtype=jnp.float32) -> dict:
+        """Zero state: {"x": [batch, x_conv - 1, d]} with x_conv (when x is computed), else {}."""
+        if not self._needs_x(self._resolve(groups)):
+            return {}
+        return {"x": jnp.zeros((batch, self.x_conv - 1, self.width), dtype)}
 
     @nn.nowrap
     def param_count(self, groups=None) -> int:
         """Analytic number of parameters created when computing `groups` (None = all)."""
+        groups = self._resolve(groups)
+        names = set(groups) | ({"x"} if self._needs_x(groups) else set())
         total = 0
-        for g in self._resolve(groups):
+        for g in names:
             size, has_bias = self._group_shape(g)
             total += self.width * size + (size if has_bias else 0)
+        if self._needs_x(groups):
+            total += (self.x_conv + 1) * self.width
         return total
+
+    @nn.nowrap
+    def state_elems(self, groups=None) -> int:
+        """Featurizer state per sequence: d * (x_conv - 1) when x is computed with x_conv, else 0."""
+        return self.width * (self.x_conv - 1) if self._needs_x(self._resolve(groups)) else 0
 
 
 class RecurrenceMixer(MixerBase):

@@ -8,8 +8,9 @@ sequence test set, its wall time (compile included) and its XLA compile count. A
 "GConv-2 x4", is GConv-2 with the gated path four times wider (featurizer expansion 4, the inner
 width of mad-lab's own Hyena layer config), and a second, "GConv-2 x4 tiled", is mad-lab's Hyena
 layer itself: expansion 4 with each projection tiled four times (featurizer repeat 4; mad-lab's
-proj_groups 4), so its projections are no larger than GConv-2's. Both are reference rows, so the
-card can be read against mad-lab's Hyena.
+proj_groups 4), so its projections are no larger than GConv-2's. A third, "Rec-1 conv4", is Rec-1
+with Mamba's causal conv (k=4) and SiLU on x, from which B, C and dt are computed as in the Mamba
+block. These reference rows are user classes, so the card can be read against mad-lab's layers.
 
 Two budgets:
   --budget cpu     (default) width 64, batch 64, 300 steps, lr 3e-3: the whole card in about an
@@ -43,26 +44,32 @@ BUDGETS = {
     "cpu": {"width": 64, "batch_size": 64, "steps": 300, "lr": 3e-3},
     "madlab": {"width": 128, "batch_size": 128, "steps": 200, "lr": 5e-4},
 }
-# reference rows: (class id, name, featurizer repeat, description); both have expansion 4
-WIDE = ((99, "GConv-2 x4", 1, "GConv-2, gated path 4x wider"),
-        (98, "GConv-2 x4 tiled", 4, "GConv-2, gated path 4x wider from projections tiled 4 times "
-                                    "(mad-lab's Hyena layer: inner_factor 4, proj_groups 4)"))
+# reference rows, user classes beside the 17: (class id, name, base class, changes to the
+# featurizer groups {group: {field: value}} (None: all but the filter), description)
+REFERENCE = (
+    (99, "GConv-2 x4", 8, {None: {"expansion": 4}}, "GConv-2, gated path 4x wider"),
+    (98, "GConv-2 x4 tiled", 8, {None: {"expansion": 4, "repeat": 4}},
+     "GConv-2, gated path 4x wider from projections tiled 4 times (mad-lab's Hyena layer: inner_factor 4, "
+     "proj_groups 4)"),
+    (97, "Rec-1 conv4", 5, {"x": {"token_mixing": 3, "kernel_size": 4, "nonlinearity": 4}},
+     "Rec-1 with Mamba's causal conv (k=4) + SiLU on x, B/C/dt read from the convolved x"),
+)
 
 
-def _register_wide() -> list[int]:
-    """The reference rows as user classes: GConv-2 at mad-lab's Hyena inner width."""
+def _register_reference() -> list[int]:
+    """The reference rows as user classes."""
     import dataclasses
 
     import star_jax as sj
     from star_jax.genome.classes import FeaturizerGenome, get_liv_class
 
-    hyena = get_liv_class(8).featurizer
-    for cid, name, repeat, desc in WIDE:
-        groups = tuple(g if g.name == "filter" else dataclasses.replace(g, expansion=4, repeat=repeat)
-                       for g in hyena.groups)
-        sj.register_liv_class(name, f"{cid}.3.1.1.1", FeaturizerGenome(cid, "gated", groups),
-                              class_id=cid, replace=True, description=desc)
-    return [cid for cid, *_ in WIDE]
+    for cid, name, base, changes, desc in REFERENCE:
+        fz = get_liv_class(base).featurizer
+        groups = tuple(dataclasses.replace(g, **changes.get(g.name, changes.get(None, {}) if g.name != "filter" else {}))
+                       for g in fz.groups)
+        sj.register_liv_class(name, f"{cid}." + get_liv_class(base).operator.to_string().split(".", 1)[1],
+                              FeaturizerGenome(cid, fz.kind, groups), class_id=cid, replace=True, description=desc)
+    return [cid for cid, *_ in REFERENCE]
 
 
 def _compile_counter():
@@ -170,7 +177,8 @@ def main(argv=None) -> int:
     ap.add_argument("--name", default=None, help="results name (default mad_card, or mad_card_madlab)")
     ap.add_argument("--classes", default=None, help="comma-separated class ids (default: all 17)")
     ap.add_argument("--tasks", default=None, help="comma-separated MAD task names (default: all six)")
-    ap.add_argument("--no-wide", action="store_true", help="skip the reference rows (" + ", ".join(w[1] for w in WIDE) + ")")
+    ap.add_argument("--no-wide", action="store_true",
+                    help="skip the reference rows (" + ", ".join(r[1] for r in REFERENCE) + ")")
     ap.add_argument("--seeds", default=None, help="comma-separated training seeds (default: --seed)")
     ap.add_argument("--seed", type=int, default=0, help="the one training seed when --seeds is not given")
     args = ap.parse_args(argv)
@@ -193,7 +201,7 @@ def main(argv=None) -> int:
     base = os.path.join(HERE, "results", name)
     class_list = [int(c) for c in args.classes.split(",")] if args.classes else list(range(1, 18))
     if not args.no_wide:
-        class_list += _register_wide()
+        class_list += _register_reference()
     settings = {s.task: s for s in sj.tasks.mad_baselines()}
     tasks = args.tasks.split(",") if args.tasks else list(settings)
     unknown = [t for t in tasks if t not in settings]

@@ -134,6 +134,20 @@ def _report(out: dict, base: str) -> None:
         done = [mean_of((r, t), "test_accuracy") for t in tasks if (r, t) in cells]
         mean = f"{sum(done) / len(done):.3f}" if len(done) == len(tasks) else ""
         lines.append(f"| {r} | " + " | ".join(acc((r, t)) if (r, t) in cells else "" for t in tasks) + f" | {mean} |")
+    first = {}  # class -> its cell of the first task done (the size of its model there)
+    for t in tasks:
+        for r in rows:
+            if (r, t) in cells and r not in first:
+                first[r] = cells[(r, t)][0]
+    if first:
+        lines += ["", "Size of each backbone (analytic, at the first task's vocabulary and length; cache in "
+                  "16-bit elements at that length):", "", "| class | task | params | cache bytes |", "|---|---|---|---|"]
+        for r in rows:
+            if r in first:
+                c = first[r]
+                lines.append(f"| {r} | {_short_task(c['task'])} | {c['params']:,} | "
+                             f"{c['cache_bytes']:,} |" if "cache_bytes" in c else f"| {r} | {_short_task(c['task'])} | "
+                             f"{c['params']:,} | |")
     lines += ["", "Wall seconds per cell (compile included; compile seconds in brackets):", "",
               "| class | " + " | ".join(_short_task(t) for t in tasks) + " |", "|---|" + "---|" * len(tasks)]
     for r in rows:
@@ -227,6 +241,10 @@ def main(argv=None) -> int:
     for task_name in tasks:
         task = settings[task_name].make()
         cfg = sj.ModelConfig(width=budget["width"], vocab_size=task.vocab_size, max_len=task.seq_len, head_dim=16)
+        for c in out["cells"]:  # cells recorded before the cache column
+            if c["task"] == task_name and "cache_bytes" not in c:
+                c["cache_bytes"] = sj.cache_bytes(sj.Genome([[c["class_id"], 1, 1, 1, 1], [9, 1, 1, 1, 1]]), cfg,
+                                                  seq_len=task.seq_len)
         for cid in class_list:
             cls = get_liv_class(cid)
             genome = sj.Genome([[cid, 1, 1, 1, 1], [9, 1, 1, 1, 1]])

@@ -178,7 +178,7 @@ def _report(out: dict, base: str) -> None:
     ax.set_xticks(range(len(tasks)), [_short_task(t) for t in tasks], rotation=30, ha="right")
     ax.set_yticks(range(len(rows)), rows)
     seed_label = f"seed {seeds[0]}" if len(seeds) == 1 else f"mean over seeds {', '.join(map(str, seeds))}"
-    ax.set_title(f"MAD card: test accuracy, class + SwiGLU ({out['budget']} budget, {seed_label})")
+    ax.set_title(f"MAD card: test accuracy, class + SwiGLU\n({out['budget']} budget, {seed_label})", fontsize=9)
     fig.colorbar(im, ax=ax, label="test accuracy (higher is better)")
     fig.tight_layout()
     fig.savefig(base + ".png", dpi=120)

@@ -191,6 +191,14 @@ def test_recurrence_featurizer_genome_sets_mambas_conv():
                        class_id=935, replace=True)
     register_liv_class("BadMamba", "936.4.1.1.1", variant(936, token_mixing=3, kernel_size=4),
                        class_id=936, replace=True)
+    # Mamba's expand 2 as well: x, z and dt (and the SSM) twice as wide
+    wide = FeaturizerGenome(938, "ssm", tuple(
+        dataclasses.replace(g, expansion=2, **(dict(token_mixing=3, kernel_size=4, nonlinearity=4) if g.name == "x"
+                                               else {})) if g.name in ("x", "z", "dt") else g for g in rec.groups))
+    register_liv_class("Mamba-x2", "938.4.1.1.1", wide, class_id=938, replace=True)
+    uneven = FeaturizerGenome(939, "ssm", tuple(dataclasses.replace(g, expansion=2) if g.name == "z" else g
+                                                 for g in rec.groups))
+    register_liv_class("Uneven", "939.4.1.1.1", uneven, class_id=939, replace=True)
     try:
         # features shared by #0 and #2, featurizer weights shared by #3 and #4
         g = Genome([[935, 1, 1, 1, 2], [9, 1, 1, 1, 1], [935, 2, 1, 1, 2], [935, 3, 2, 3, 1], [935, 3, 2, 4, 1],
@@ -202,8 +210,16 @@ def test_recurrence_featurizer_genome_sets_mambas_conv():
         assert sj.cache_bytes(Genome([[935, 1, 1, 1, 1]]), CFG, seq_len=L, bytes_per_elem=1) == d * e + d * 3
         with pytest.raises(ConfigError, match=r"LIV #0 \(BadMamba.*SiLU.*nonlinearity 1"):
             compile_genome(Genome([[936, 1, 1, 1, 1]]), CFG)
+        g2 = Genome([[938, 1, 1, 1, 2], [9, 1, 1, 1, 1], [938, 2, 1, 1, 2]])
+        (slot, *_) = compile_genome(g2, CFG).slots
+        assert (slot.featurizer.expansion, slot.mixer.expansion, slot.featurizer.x_conv) == (2, 2, 4)
+        _check(g2)
+        assert sj.cache_bytes(Genome([[938, 1, 1, 1, 1]]), CFG, seq_len=L, bytes_per_elem=1) == 2 * d * (e + 3)
+        with pytest.raises(ConfigError, match=r"LIV #0 \(Uneven.*x, z and dt .* one expansion"):
+            compile_genome(Genome([[939, 1, 1, 1, 1]]), CFG)
     finally:
-        unregister_liv_class(935); unregister_liv_class(936)
+        for cid in (935, 936, 938, 939):
+            unregister_liv_class(cid)
 
 
 @pytest.mark.parametrize("kind,repeats,match", [

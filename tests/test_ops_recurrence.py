@@ -15,9 +15,9 @@ def _size(tree) -> int:
     return sum(int(np.prod(x.shape)) for x in jax.tree.leaves(tree))
 
 
-def _build(differential, scan_impl="scan", key=0, x_conv=0):
-    feat = RecurrenceFeaturizer(D, E, x_conv=x_conv, differential=differential)
-    mixer = RecurrenceMixer(D, E, scan_impl=scan_impl, differential=differential)
+def _build(differential, scan_impl="scan", key=0, x_conv=0, expansion=1):
+    feat = RecurrenceFeaturizer(D, E, x_conv=x_conv, expansion=expansion, differential=differential)
+    mixer = RecurrenceMixer(D, E, scan_impl=scan_impl, expansion=expansion, differential=differential)
     k1, k2, k3 = jax.random.split(jax.random.key(key), 3)
     h = jax.random.normal(k1, (B, L, D))
     fp = feat.init(k2, h)
@@ -45,9 +45,10 @@ def _rel(a, b) -> float:
     return float(jnp.linalg.norm(a - b) / jnp.linalg.norm(b))
 
 
-@pytest.mark.parametrize("differential,x_conv", [(False, 0), (True, 0), (False, 4), (True, 4), (False, 1)])
-def test_decode_matches_parallel_and_is_causal(differential, x_conv):
-    feat, mixer, fp, mp, h = _build(differential, x_conv=x_conv)
+@pytest.mark.parametrize("differential,x_conv,expansion", [(False, 0, 1), (True, 0, 1), (False, 4, 1), (True, 4, 1),
+                                                             (False, 1, 1), (False, 4, 2), (True, 0, 3)])
+def test_decode_matches_parallel_and_is_causal(differential, x_conv, expansion):
+    feat, mixer, fp, mp, h = _build(differential, x_conv=x_conv, expansion=expansion)
     fwd = jax.jit(lambda h: _forward(feat, mixer, fp, mp, h))
     y = fwd(h)
     y_dec = jax.jit(lambda fp, mp, h: _decode(feat, mixer, fp, mp, h))(fp, mp, h)
@@ -135,6 +136,7 @@ def test_selective_scan_hand_written_vjp_matches_autodiff(length):
 @pytest.mark.parametrize("differential", [False, True])
 def test_param_and_state_counts(differential):
     _mamba_conv_counts(differential)
+    _mamba_conv_counts(differential, expansion=2)
     feat = RecurrenceFeaturizer(D, E, differential=differential)
     mixer = RecurrenceMixer(D, E, differential=differential)
     h = jnp.zeros((1, 3, D))
@@ -154,9 +156,9 @@ def test_param_and_state_counts(differential):
         feat.param_count(("q",))
 
 
-def _mamba_conv_counts(differential):
+def _mamba_conv_counts(differential, expansion=1):
     # with Mamba's conv, computing x or any of b, c, dt creates x's projection and the conv
-    feat = RecurrenceFeaturizer(D, E, x_conv=4, differential=differential)
+    feat = RecurrenceFeaturizer(D, E, x_conv=4, expansion=expansion, differential=differential)
     h = jnp.zeros((1, 5, D))
     groups = feat.groups()
     for sub in [None, feat.shareable(), ("z",)] + [(g,) for g in groups]:
@@ -167,7 +169,11 @@ def _mamba_conv_counts(differential):
             names |= {"x", "x_conv", "x_conv_bias"}
         assert set(shapes["params"]) == names, sub
         state = feat.init_state(1, sub)
-        assert _size(state) == feat.state_elems(sub) == (0 if sub == ("z",) else D * 3)
+        assert _size(state) == feat.state_elems(sub) == (0 if sub == ("z",) else expansion * D * 3)
+    mixer = RecurrenceMixer(D, E, expansion=expansion, differential=differential)
+    mshapes = jax.eval_shape(lambda: mixer.init(jax.random.key(0), feat.init_with_output(jax.random.key(0), h)[0]))
+    assert _size(mshapes) == mixer.param_count()
+    assert _size(mixer.init_state(1, 64)) == mixer.state_elems(64) == (2 if differential else 1) * expansion * D * E
 
 
 def test_mamba_conv_feeds_x_and_the_selective_groups():
@@ -192,6 +198,8 @@ def test_mamba_conv_feeds_x_and_the_selective_groups():
     for bad in (-1, 2.0, True):
         with pytest.raises(ValueError, match="x_conv"):
             RecurrenceFeaturizer(D, E, x_conv=bad)
+    with pytest.raises(ValueError, match="expansion"):
+        RecurrenceFeaturizer(D, E, expansion=0)
 
 
 def test_init_values():

@@ -171,8 +171,16 @@ def _recurrence(i: int, cls: LIVClass, cfg: ModelConfig):
     if mixed:
         raise ConfigError(f"{where}: only x can be convolved in the recurrence featurizer (B, C and dt follow it), "
                           f"but groups ask for token_mixing {mixed}")
-    return (RecurrenceFeaturizer(width=cfg.width, state_expansion=e, x_conv=conv, differential=fz.differential),
-            RecurrenceMixer(width=cfg.width, state_expansion=e, scan_impl=cfg.scan_impl, differential=fz.differential))
+    # Mamba's expand: x, z and dt are as wide as the SSM's channels
+    channels = {g.name: g.expansion for g in fz.groups if g.name.rstrip("12") in ("x", "z", "dt")}
+    if len(set(channels.values())) > 1:
+        raise ConfigError(f"{where}: x, z and dt are the SSM's channels, so they need one expansion, but the groups "
+                          f"ask for {channels}")
+    n = next(iter(channels.values()))
+    return (RecurrenceFeaturizer(width=cfg.width, state_expansion=e, x_conv=conv, expansion=n,
+                                 differential=fz.differential),
+            RecurrenceMixer(width=cfg.width, state_expansion=e, scan_impl=cfg.scan_impl, expansion=n,
+                            differential=fz.differential))
 
 
 def _gated_conv(i: int, cls: LIVClass, cfg: ModelConfig):

@@ -193,29 +193,40 @@ class RecurrenceFeaturizer(FeaturizerBase):
     Attributes:
       width: model width d (also the SSM's channel count).
       state_expansion: state size e per channel.
+      expansion: SSM channels / d (Mamba's expand, 2 there): x, z and dt have expansion * d
+        channels, and so do the mixer's state and skip.
       x_conv: kernel of Mamba's causal depthwise conv on x (0 = none, Mamba uses 4). With it,
         x = silu(conv(Linear(h)) + bias), and B, C and dt are computed from that convolved x
         rather than from h, as in the Mamba block; z still reads h.
       differential: duplicate the operator-defining groups (b1, c1, dt1, b2, c2, dt2).
 
-    Groups (each a Linear named by the group; only computed groups get parameters):
-      x: [..., d] value; z: [..., d] output gate; b, c: [..., e]; dt: [..., d] =
+    Groups (each a Linear named by the group; only computed groups get parameters), n =
+    expansion * d channels:
+      x: [..., n] value; z: [..., n] output gate; b, c: [..., e]; dt: [..., n] =
       softplus(Linear + bias), bias initialised so dt is log-uniform in [1e-3, 1e-1].
       With x_conv, computing any of x, b, c, dt computes x, so it also creates x's Linear and
-      `x_conv` [x_conv, d] (PyTorch Conv1d's default init) and `x_conv_bias` [d].
-    State: none without x_conv; with it {"x": [batch, x_conv - 1, d]}, the last projected x
+      `x_conv` [x_conv, n] (PyTorch Conv1d's default init) and `x_conv_bias` [n].
+    State: none without x_conv; with it {"x": [batch, x_conv - 1, n]}, the last projected x
       inputs, oldest first (whenever x is computed).
     """
 
     width: int
     state_expansion: int = 16
     x_conv: int = 0
+    expansion: int = 1
     differential: bool = False
 
     def __post_init__(self):
-        if not isinstance(self.x_conv, int) or isinstance(self.x_conv, bool) or self.x_conv < 0:
-            raise ValueError(f"RecurrenceFeaturizer: x_conv must be an int >= 0, got {self.x_conv!r}")
+        for name, lo in (("x_conv", 0), ("expansion", 1)):
+            v = getattr(self, name)
+            if not isinstance(v, int) or isinstance(v, bool) or v < lo:
+                raise ValueError(f"RecurrenceFeaturizer: {name} must be an int >= {lo}, got {v!r}")
         super().__post_init__()
+
+    @property
+    def inner(self) -> int:
+        """SSM channels: expansion * width."""
+        return self.expansion * self.width
 
     @nn.nowrap
     def groups(self) -> tuple[str, ...]:
@@ -232,7 +243,12 @@ class RecurrenceFeaturizer(FeaturizerBase):
         kind = group.rstrip("12")
         if kind in ("b", "c"):
             return self.state_expansion, False
-        return self.width, kind == "dt"
+        return self.inner, kind == "dt"
+
+    @nn.nowrap
+    def _fan_in(self, group: str, groups: tuple[str, ...]) -> int:
+        """Inputs of a group's Linear: the convolved x (inner) for b, c, dt with x_conv, else h."""
+        return self.inner if (self._needs_x(groups) and group not in ("x", "z")) else self.width
 
     @nn.nowrap
     def _needs_x(self, groups: tuple[str, ...]) -> bool:
@@ -260,8 +276,8 @@ class RecurrenceFeaturizer(FeaturizerBase):
         if self._needs_x(groups):
             bound = 1.0 / math.sqrt(self.x_conv)
             uniform = lambda k, shape, dtype=jnp.float32: jax.random.uniform(k, shape, dtype, -bound, bound)  # noqa: E731
-            out["x_conv"] = (self.param("x_conv", uniform, (self.x_conv, self.width), jnp.float32),
-                             self.param("x_conv_bias", uniform, (self.width,), jnp.float32))
+            out["x_conv"] = (self.param("x_conv", uniform, (self.x_conv, self.inner), jnp.float32),
+                             self.param("x_conv_bias", uniform, (self.inner,), jnp.float32))
         return out
 
     @nn.nowrap
@@ -314,7 +330,7 @@ class RecurrenceFeaturizer(FeaturizerBase):
         """Zero state: {"x": [batch, x_conv - 1, d]} with x_conv (when x is computed), else {}."""
         if not self._needs_x(self._resolve(groups)):
             return {}
-        return {"x": jnp.zeros((batch, self.x_conv - 1, self.width), dtype)}
+        return {"x": jnp.zeros((batch, self.x_conv - 1, self.inner), dtype)}
 
     @nn.nowrap
     def param_count(self, groups=None) -> int:
@@ -324,15 +340,15 @@ class RecurrenceFeaturizer(FeaturizerBase):
         total = 0
         for g in names:
             size, has_bias = self._group_shape(g)
-            total += self.width * size + (size if has_bias else 0)
+            total += self._fan_in(g, groups) * size + (size if has_bias else 0)
         if self._needs_x(groups):
-            total += (self.x_conv + 1) * self.width
+            total += (self.x_conv + 1) * self.inner
         return total
 
     @nn.nowrap
     def state_elems(self, groups=None) -> int:
-        """Featurizer state per sequence: d * (x_conv - 1) when x is computed with x_conv, else 0."""
-        return self.width * (self.x_conv - 1) if self._needs_x(self._resolve(groups)) else 0
+        """Featurizer state per sequence: n * (x_conv - 1) when x is computed with x_conv, else 0."""
+        return self.inner * (self.x_conv - 1) if self._needs_x(self._resolve(groups)) else 0
 
 
 class RecurrenceMixer(MixerBase):
@@ -348,28 +364,35 @@ class RecurrenceMixer(MixerBase):
       width: model width d.
       state_expansion: e.
       scan_impl: "scan" or "associative" (see `selective_scan`).
+      expansion: SSM channels n = expansion * d (the featurizer's x, z, dt are n wide).
       differential: the differential variant.
 
-    State: {"h": [batch, d, e]} (differential: {"h1", "h2"}).
-    Params: A_log [d, e] (A_log1, A_log2), D [d], out (Linear d -> d, no bias), diff_lambda.
+    State: {"h": [batch, n, e]} (differential: {"h1", "h2"}).
+    Params: A_log [n, e] (A_log1, A_log2), D [n], out (Linear n -> d, no bias), diff_lambda.
     """
 
     width: int
     state_expansion: int = 16
     scan_impl: str = "scan"
+    expansion: int = 1
     differential: bool = False
+
+    @property
+    def inner(self) -> int:
+        """SSM channels: expansion * width."""
+        return self.expansion * self.width
 
     def setup(self):
         if self.scan_impl not in SCAN_IMPLS:
             raise ValueError(f"RecurrenceMixer: scan_impl must be one of {SCAN_IMPLS}, got {self.scan_impl!r}")
-        shape = (self.width, self.state_expansion)
+        shape = (self.inner, self.state_expansion)
         self.A_logs = [
             self.param(f"A_log{s}", _s4d_real_init, shape, jnp.float32) for s in branch_suffixes(self.differential)
         ]
-        self.D = self.param("D", nn.initializers.ones, (self.width,), jnp.float32)
+        self.D = self.param("D", nn.initializers.ones, (self.inner,), jnp.float32)
         self.out = nn.Dense(self.width, use_bias=False, kernel_init=nn.initializers.lecun_normal())
         if self.differential:
-            self.diff_lambda = DiffLambda(self.width)
+            self.diff_lambda = DiffLambda(self.inner)
 
     def _combine(self, ys: list[jax.Array], x: jax.Array, z: jax.Array) -> jax.Array:
         y = diff_combine(ys[0], ys[1], self.diff_lambda()) if self.differential else ys[0]
@@ -416,7 +439,7 @@ class RecurrenceMixer(MixerBase):
     def init_state(self, batch: int, max_len: int = 0, dtype=jnp.float32) -> dict:
         """Zero state {"h": [batch, d, e]} ({"h1", "h2"} when differential); max_len is unused."""
         return {
-            f"h{s}": jnp.zeros((batch, self.width, self.state_expansion), dtype)
+            f"h{s}": jnp.zeros((batch, self.inner, self.state_expansion), dtype)
             for s in branch_suffixes(self.differential)
         }
 
@@ -424,13 +447,13 @@ class RecurrenceMixer(MixerBase):
     def param_count(self) -> int:
         """Analytic parameter count."""
         n = len(branch_suffixes(self.differential))
-        total = n * self.width * self.state_expansion + self.width + self.width * self.width
-        return total + (DiffLambda.count(self.width) if self.differential else 0)
+        total = n * self.inner * self.state_expansion + self.inner + self.inner * self.width
+        return total + (DiffLambda.count(self.inner) if self.differential else 0)
 
     @nn.nowrap
     def state_elems(self, seq_len: int = 0) -> int:
-        """Decode state size per sequence: d * e (x2 differential), independent of seq_len."""
-        return len(branch_suffixes(self.differential)) * self.width * self.state_expansion
+        """Decode state size per sequence: n * e (x2 differential), independent of seq_len."""
+        return len(branch_suffixes(self.differential)) * self.inner * self.state_expansion
 
 
 __all__ = ["linear_recurrence", "selective_scan", "RecurrenceFeaturizer", "RecurrenceMixer", "SCAN_IMPLS"]

@@ -10,7 +10,8 @@ width of mad-lab's own Hyena layer config), and a second, "GConv-2 x4 tiled", is
 layer itself: expansion 4 with each projection tiled four times (featurizer repeat 4; mad-lab's
 proj_groups 4), so its projections are no larger than GConv-2's. A third, "Rec-1 conv4", is Rec-1
 with Mamba's causal conv (k=4) and SiLU on x, from which B, C and dt are computed as in the Mamba
-block, and "Rec-1 Mamba" adds Mamba's expand 2 (x, z, dt and the SSM twice as wide). These rows are user classes, so the card can be read against mad-lab's layers.
+block, and "Rec-1 Mamba" adds Mamba's expand 2 (x, z, dt and the SSM twice as wide). These
+reference rows are user classes, so the card can be read against mad-lab's layers.
 
 Two budgets:
   --budget cpu     (default) width 64, batch 64, 300 steps, lr 3e-3: the whole card in about an

@@ -139,31 +139,24 @@ def test_gated_conv_featurizer_genome_sets_short_convs_and_expansion():
                        for g in hyena.groups)
         return FeaturizerGenome(fid, "gated", groups)
 
-    wide = register_liv_class("Hyena-x2", "931.3.1.1.1", variant(931, token_mixing=3, kernel_size=3, expansion=2),
-                              class_id=931, replace=True)
-    try:
-        g = Genome([[931, 1, 1, 1, 1], [9, 1, 1, 1, 1]])
-        (slot, _) = compile_genome(g, CFG).slots
-        assert (slot.featurizer.short_conv, slot.featurizer.expansion, slot.mixer.expansion) == (3, 2, 2)
-        _check(g)
-        d = CFG.width
-        assert sj.cache_bytes(g, CFG, seq_len=L, bytes_per_elem=1) == 2 * d * L + 3 * 2 * d * 2
-    finally:
-        unregister_liv_class(931)
-    # mad-lab's Hyena layer: expansion 4 with the projections tiled 4 times (repeat 4)
-    tied = register_liv_class("Hyena-madlab", "933.3.1.1.1",
-                              variant(933, token_mixing=3, kernel_size=3, expansion=4, repeat=4),
-                              class_id=933, replace=True)
-    try:
-        g = Genome([[933, 1, 1, 1, 1], [9, 1, 1, 1, 1]])
-        (slot, _) = compile_genome(g, CFG).slots
-        assert (slot.featurizer.expansion, slot.featurizer.repeat, slot.mixer.expansion) == (4, 4, 4)
-        _check(g)
-        d = CFG.width
-        # long-conv history 4d x L, short-conv state of the untiled projections 3 x d x 2
-        assert sj.cache_bytes(g, CFG, seq_len=L, bytes_per_elem=1) == 4 * d * L + 3 * d * 2
-    finally:
-        unregister_liv_class(933)
+    d = CFG.width
+    # (id, name, featurizer changes, (short conv, expansion, repeat), cache bytes at L): a wider
+    # gated path, and mad-lab's Hyena layer (expansion 4 from projections tiled 4 times, whose
+    # short-conv state holds the untiled projections)
+    cases = [(931, "Hyena-x2", dict(expansion=2), (3, 2, 1), 2 * d * L + 3 * 2 * d * 2),
+             (933, "Hyena-madlab", dict(expansion=4, repeat=4), (3, 4, 4), 4 * d * L + 3 * d * 2)]
+    for cid, name, changes, expected, cache in cases:
+        register_liv_class(name, f"{cid}.3.1.1.1", variant(cid, token_mixing=3, kernel_size=3, **changes),
+                           class_id=cid, replace=True)
+        try:
+            g = Genome([[cid, 1, 1, 1, 1], [9, 1, 1, 1, 1]])
+            (slot, _) = compile_genome(g, CFG).slots
+            f = slot.featurizer
+            assert (f.short_conv, f.expansion, f.repeat) == expected and slot.mixer.expansion == f.expansion
+            _check(g)
+            assert sj.cache_bytes(g, CFG, seq_len=L, bytes_per_elem=1) == cache
+        finally:
+            unregister_liv_class(cid)
     bad = FeaturizerGenome(932, "gated", tuple(
         FeatureGroup(g.name, channel_mixing=2, token_mixing=3, kernel_size=3 if g.name == "x" else 2)
         if g.name != "filter" else g for g in hyena.groups))

@@ -201,7 +201,7 @@ def test_featurizer_rejects_bad_sizes(field, value):
         GatedConvFeaturizer(D, **{field: value})
 
 
-def test_hyena_short_filters_learn_in_context_recall():
+def test_hyena_short_filters_learn_in_context_recall(recall_accuracy):
     """GConv-2 (Hyena: short convs on B, C, x) learns recall where the long conv alone cannot.
 
     Setting: MAD in-context recall with vocabulary 16 and 64 tokens, 4,096 training sequences,
@@ -219,11 +219,7 @@ def test_hyena_short_filters_learn_in_context_recall():
         g if g.name == "filter" else FeatureGroup(g.name, channel_mixing=g.channel_mixing) for g in hyena.groups))
     cls = sj.register_liv_class("LongConvNoShort", "930.3.1.1.1", plain, class_id=930, replace=True)
     try:
-        task = sj.tasks.make("in_context_recall", vocab_size=16, seq_len=64, num_train=4096, num_test=256)
-        cfg = sj.ModelConfig(width=64, vocab_size=16, max_len=task.seq_len, head_dim=16)
-        tcfg = sj.TrainConfig(steps=600, batch_size=32, lr=3e-3, weight_decay=0.0, seed=0)
-        acc = {cid: float(sj.train(sj.Genome([[cid, 1, 1, 1, 1], [9, 1, 1, 1, 1]]), cfg, task, tcfg,
-                                   progress=False).metrics["test_accuracy"]) for cid in (8, cls.class_id)}
+        acc = recall_accuracy((8, cls.class_id))
     finally:
         unregister_liv_class(cls.class_id)
     assert acc[8] > 0.9, acc

@@ -213,7 +213,7 @@ def test_init_values():
         RecurrenceMixer(D, E, scan_impl="parallel").init(jax.random.key(0), feat.apply(fp, h))
 
 
-def test_mambas_conv_lets_the_recurrence_learn_in_context_recall():
+def test_mambas_conv_lets_the_recurrence_learn_in_context_recall(recall_accuracy):
     """Rec-1 with Mamba's conv on x (k=4, SiLU; B, C, dt read the convolved x) learns recall where
     Rec-1 cannot, as Hyena's short filters did for GConv-2 (tests/test_ops_conv.py, same setting).
 
@@ -233,11 +233,7 @@ def test_mambas_conv_lets_the_recurrence_learn_in_context_recall():
         for g in rec.groups))
     cls = sj.register_liv_class("Rec-1-conv", "937.4.1.1.1", mamba, class_id=937, replace=True)
     try:
-        task = sj.tasks.make("in_context_recall", vocab_size=16, seq_len=64, num_train=4096, num_test=256)
-        cfg = sj.ModelConfig(width=64, vocab_size=16, max_len=task.seq_len, head_dim=16)
-        tcfg = sj.TrainConfig(steps=600, batch_size=32, lr=3e-3, weight_decay=0.0, seed=0)
-        acc = {cid: float(sj.train(sj.Genome([[cid, 1, 1, 1, 1], [9, 1, 1, 1, 1]]), cfg, task, tcfg,
-                                   progress=False).metrics["test_accuracy"]) for cid in (5, cls.class_id)}
+        acc = recall_accuracy((5, cls.class_id))
     finally:
         unregister_liv_class(cls.class_id)
     assert acc[cls.class_id] > 0.9, acc

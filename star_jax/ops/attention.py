@@ -33,6 +33,7 @@ import chex
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from star_jax.ops.base import CacheSharingMixerBase, FeaturizerBase
 from star_jax.ops.differential import LAMBDA_INIT, DiffHeadNorm, DiffLambda, diff_combine
@@ -314,7 +315,7 @@ class AttentionMixer(CacheSharingMixerBase):
     def _prep(self, x: jax.Array, positions: jax.Array, is_query: bool) -> jax.Array:
         """RoPE (softmax) or the feature map phi (linear/relu); queries get 1/sqrt(hd).
 
-        x: [batch, length, heads, head_dim]; positions: [length] int.
+        x: [batch, length, heads, head_dim]; positions: [length] int (numpy when static).
         """
         if self._uses_rope():
             cos, sin = rope_angles(positions, self.head_dim, self.rope_base)
@@ -353,7 +354,7 @@ class AttentionMixer(CacheSharingMixerBase):
         mask = mask[None, None]
         if self.kind == "softmax":
             s = jnp.where(mask, s.astype(jnp.float32), _NEG)
-            w = jax.nn.softmax(s, axis=-1).astype(v.dtype)
+            w = _softmax(s).astype(v.dtype)
         else:
             count = jnp.arange(1, l + 1)
             if self.window > 0:
@@ -379,7 +380,7 @@ class AttentionMixer(CacheSharingMixerBase):
         valid = (jnp.arange(n_slots) <= pos)[None, None, None, :]
         if self.kind == "softmax":
             s = jnp.where(valid, s.astype(jnp.float32), _NEG)
-            w = jax.nn.softmax(s, axis=-1).astype(vc.dtype)
+            w = _softmax(s).astype(vc.dtype)
         else:
             count = pos + 1
             if self.window > 0:
@@ -420,7 +421,7 @@ class AttentionMixer(CacheSharingMixerBase):
         """
         v = feats["v"]
         chex.assert_rank(v, 4)
-        positions = jnp.arange(v.shape[1])
+        positions = np.arange(v.shape[1])  # static: RoPE tables become constants (see rope_angles)
         outs = []
         for qn, kn in self._branches():
             q = self._prep(feats[qn], positions, True)
@@ -482,6 +483,32 @@ class AttentionMixer(CacheSharingMixerBase):
           y_t: [batch, width].
         """
         return self._read(feats_t, state, state["pos"] - 1)
+
+
+@jax.custom_vjp
+def _softmax(s: jax.Array) -> jax.Array:
+    """Softmax over the last axis, written out (max, exp, sum, divide), with the usual
+    backward ``y * (g - sum(g * y))``.
+
+    Same maths as ``jax.nn.softmax``, but XLA on CPU fused ``jax.nn.softmax`` into the following
+    product with the values and ran that about 2x slower: the forward of one attention (b 16,
+    l 127, 4 heads of 16) took 1.9 ms with it against 1.0 ms written out. The explicit backward
+    keeps autodiff of the division from materialising broadcasts of the [l, l] scores.
+    """
+    return _softmax_fwd(s)[0]
+
+
+def _softmax_fwd(s):
+    e = jnp.exp(s - jnp.max(s, axis=-1, keepdims=True))
+    y = e / jnp.sum(e, axis=-1, keepdims=True)
+    return y, y
+
+
+def _softmax_bwd(y, g):
+    return (y * (g - jnp.sum(g * y, axis=-1, keepdims=True)),)
+
+
+_softmax.defvjp(_softmax_fwd, _softmax_bwd)
 
 
 def _write(cache: jax.Array, x: jax.Array, slot: jax.Array) -> jax.Array:

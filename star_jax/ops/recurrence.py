@@ -21,7 +21,12 @@ from star_jax.ops.primitives import causal_short_conv, causal_short_conv_step, r
 SCAN_IMPLS = ("scan", "associative")
 DT_MIN, DT_MAX = 1e-3, 1e-1
 _DT_KERNEL_SCALE = 0.01  # variance scale of the dt projection: the bias sets dt at init
-_BWD_UNROLL = 2  # the S6 backward loop, two steps per iteration: 24 -> 18 ms (b 16, L 128, d 64, e 16)
+# The S6 backward loop runs two steps per iteration when the length is even: 24 -> 18 ms (b 16,
+# L 128, d 64, e 16). At an odd length (every MAD task: L = seq_len - 1) `lax.scan` would slice
+# every per-step input, the stored [L, b, d, e] states included, into a [L // 2, 2, ...] part and
+# a remainder, and those copies cost more than the unrolling saves (Rec-1 at L 127: 14.0 ->
+# 12.9 ms, Rec-1-Diff 28.2 -> 23.5 ms); one step per iteration there. Same values either way.
+_BWD_UNROLL = 2
 
 
 # The scans are module-level jitted functions: inside a traced program they are inlined, and
@@ -84,7 +89,8 @@ def _selective_scan_grads(x, dt, A, b, c, h_prev, dy):
 
     init = (jnp.zeros_like(h_prev[0]), jnp.zeros_like(A))
     (_, dA), (dx, d_dt, db, dc) = jax.lax.scan(
-        body, init, tuple(tm(v) for v in (x, dt, b, c, dy)) + (h_prev,), reverse=True, unroll=_BWD_UNROLL)
+        body, init, tuple(tm(v) for v in (x, dt, b, c, dy)) + (h_prev,), reverse=True,
+        unroll=_BWD_UNROLL if x.shape[1] % _BWD_UNROLL == 0 else 1)
     back = lambda v: jnp.moveaxis(v, 0, 1)  # noqa: E731
     return back(dx), back(d_dt), dA, back(db), back(dc)
 

@@ -65,7 +65,11 @@ def causal_short_conv_step(x_t: jax.Array, history: jax.Array, w: jax.Array):
 
 
 def fft_causal_conv(u: jax.Array, h: jax.Array) -> jax.Array:
-    """Causal long convolution by FFT (padded to 2L, so no wrap-around).
+    """Causal long convolution by FFT, padded to n >= 2L - 1 (so no wrap-around).
+
+    n is the smallest power of two >= 2L - 1. At MAD's L = 127, n = 2L = 254 = 2 x 127 made
+    every FFT take the slow path for a prime factor: n = 256 ran the convolution's forward about
+    3x faster on CPU (forward + backward of b 16, 64 channels: 5.6 -> 1.7 ms).
 
     Arguments:
       u: [batch, length, channels]
@@ -74,7 +78,7 @@ def fft_causal_conv(u: jax.Array, h: jax.Array) -> jax.Array:
       y: [batch, length, channels], y[t] = sum_{j<=t} h[t-j] u[j].
     """
     length = u.shape[1]
-    n = 2 * length
+    n = 1 << max(2 * length - 2, 1).bit_length()  # the smallest power of two >= 2L - 1
     uf = jnp.fft.rfft(u, n=n, axis=1)
     hf = jnp.fft.rfft(h, n=n, axis=0)
     y = jnp.fft.irfft(uf * hf[None], n=n, axis=1)[:, :length, :]

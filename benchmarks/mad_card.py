@@ -13,19 +13,28 @@ with Mamba's causal conv (k=4) and SiLU on x, from which B, C and dt are compute
 block, and "Rec-1 Mamba" adds Mamba's expand 2 (x, z, dt and the SSM twice as wide). These
 reference rows are user classes, so the card can be read against mad-lab's layers.
 
-Two budgets:
-  --budget cpu     (default) width 64, batch 64, 300 steps, lr 3e-3: the whole card in about an
-                   hour on a 2-core CPU.
-  --budget madlab  mad-lab's baseline: width 128, batch 128, 200 steps, lr 5e-4 (for an
-                   accelerator; each cell is ~1-2 minutes on a 2-core CPU).
+Three budgets:
+  --budget cpu          (default) width 64, batch 64, 300 steps, lr 3e-3, constant: the whole
+                        card in about an hour on a 2-core CPU.
+  --budget madlab       mad-lab's baseline setting (width 128, batch 128, lr 5e-4) for 200 steps
+                        at a constant lr: 1% of mad-lab's training (each cell ~1-3 minutes on a
+                        2-core CPU).
+  --budget madlab-full  mad-lab's training as its MADConfig defaults run it: 200 epochs of the
+                        12,800 training sequences = 20,000 steps of 128, AdamW lr 5e-4 with a
+                        cosine decay to 1e-6 over all steps, no warm-up (for an accelerator).
+--steps N trains N steps of a budget's schedule instead (the cosine of madlab-full then spans the
+N steps), and --eval-every K records the test accuracy every K steps (the cell's "curve"): the
+first 1,000 steps of mad-lab's run are `--budget madlab --steps 1000` (its cosine over 20,000
+steps is within 0.7% of lr 5e-4 there).
 
 Results go to benchmarks/results/<name>.{json,md,png}; the JSON is rewritten after every cell,
 and a rerun with the same name and budget skips the cells already done (so a killed run
 resumes, and more --seeds train only the new seeds). With several seeds a cell reads
 mean +- sd over them. Usage:
 
-    python benchmarks/mad_card.py [--budget cpu|madlab] [--name mad_card] [--classes 1,8,9]
-                                  [--tasks in_context_recall,...] [--seeds 0,1,2] [--no-wide]
+    python benchmarks/mad_card.py [--budget cpu|madlab|madlab-full] [--name mad_card]
+                                  [--classes 1,8,9] [--tasks in_context_recall,...]
+                                  [--seeds 0,1,2] [--no-wide] [--steps N] [--eval-every K]
 """
 from __future__ import annotations
 
@@ -44,7 +53,9 @@ sys.path.insert(0, ROOT)
 BUDGETS = {
     "cpu": {"width": 64, "batch_size": 64, "steps": 300, "lr": 3e-3},
     "madlab": {"width": 128, "batch_size": 128, "steps": 200, "lr": 5e-4},
+    "madlab-full": {"width": 128, "batch_size": 128, "steps": 20000, "lr": 5e-4, "min_lr": 1e-6},
 }
+# a budget without "min_lr" trains at a constant lr; with it, cosine from lr to min_lr, no warm-up
 # reference rows, user classes beside the 17: (class id, name, base class, changes to the
 # featurizer groups {group: {field: value}} (None: all but the filter), description)
 REFERENCE = (
@@ -158,6 +169,16 @@ def _report(out: dict, base: str) -> None:
         lines.append(f"| {r} | " + " | ".join(
             f"{mean_of((r, t), 'seconds'):.0f} ({mean_of((r, t), 'compile_seconds'):.0f})" if (r, t) in cells else ""
             for t in tasks) + " |")
+    curves = [c for c in out["cells"] if c.get("curve")]
+    if curves:
+        steps = sorted({st for c in curves for st, _ in c["curve"]})
+        lines += ["", "Test accuracy during training (--eval-every), per seed:", "",
+                  "| class | task | seed | " + " | ".join(f"step {st}" for st in steps) + " |",
+                  "|---|---|---|" + "---|" * len(steps)]
+        for c in sorted(curves, key=lambda c: (rows.index(c["class"]), tasks.index(c["task"]), c["seed"])):
+            at = dict((st, a) for st, a in c["curve"])
+            lines.append(f"| {c['class']} | {_short_task(c['task'])} | {c['seed']} | "
+                         + " | ".join(f"{at[st]:.3f}" if st in at else "" for st in steps) + " |")
     with open(base + ".md", "w") as f:
         f.write("\n".join(lines) + "\n")
 
@@ -199,7 +220,14 @@ def main(argv=None) -> int:
                     help="skip the reference rows (" + ", ".join(r[1] for r in REFERENCE) + ")")
     ap.add_argument("--seeds", default=None, help="comma-separated training seeds (default: --seed)")
     ap.add_argument("--seed", type=int, default=0, help="the one training seed when --seeds is not given")
+    ap.add_argument("--steps", type=int, default=None, help="train this many steps instead of the budget's")
+    ap.add_argument("--eval-every", type=int, default=0,
+                    help="also evaluate every this many steps (recorded as each cell's curve)")
     args = ap.parse_args(argv)
+    if args.steps is not None and args.steps < 1:
+        ap.error(f"--steps: expected an integer >= 1, got {args.steps}")
+    if args.eval_every < 0:
+        ap.error(f"--eval-every: expected an integer >= 0, got {args.eval_every}")
     try:
         seeds = [int(x) for x in args.seeds.split(",")] if args.seeds else [args.seed]
     except ValueError:
@@ -214,7 +242,11 @@ def main(argv=None) -> int:
 
     sj.enable_compilation_cache()
     counts = _compile_counter()
-    budget = BUDGETS[args.budget]
+    budget = dict(BUDGETS[args.budget])
+    if args.steps is not None:
+        budget["steps"] = args.steps
+    if args.eval_every:
+        budget["eval_every"] = args.eval_every
     name = args.name or ("mad_card" if args.budget == "cpu" else f"mad_card_{args.budget}")
     base = os.path.join(HERE, "results", name)
     class_list = [int(c) for c in args.classes.split(",")] if args.classes else list(range(1, 18))
@@ -227,7 +259,9 @@ def main(argv=None) -> int:
         ap.error(f"--tasks: unknown MAD task(s) {unknown}; choose from {sorted(settings)}")
     out = {"budget": args.budget, "settings": budget, "seeds": seeds, "tasks": tasks,
            "rows": [get_liv_class(c).name for c in class_list],
-           "optimizer": "AdamW, constant lr, betas (0.9, 0.999), weight decay 0, no clipping",
+           "optimizer": ("AdamW, " + (f"cosine from lr to {budget['min_lr']:g} over the steps, no warm-up"
+                                       if "min_lr" in budget else "constant lr")
+                         + ", betas (0.9, 0.999), weight decay 0, no clipping"),
            "command": "python benchmarks/mad_card.py " + " ".join(argv if argv is not None else sys.argv[1:]),
            "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
                       f"backend {jax.default_backend()}",
@@ -256,7 +290,9 @@ def main(argv=None) -> int:
                 if (cls.name, task_name, seed) in done:
                     continue
                 tcfg = sj.TrainConfig(steps=budget["steps"], batch_size=budget["batch_size"], lr=budget["lr"],
-                                      weight_decay=0.0, min_lr_ratio=1.0, b1=0.9, b2=0.999, clip_norm=None, seed=seed)
+                                      weight_decay=0.0, min_lr_ratio=budget.get("min_lr", budget["lr"]) / budget["lr"],
+                                      b1=0.9, b2=0.999, clip_norm=None, seed=seed,
+                                      eval_every=budget.get("eval_every", 0))
                 n0, s0, t0 = counts["n"], counts["s"], time.perf_counter()
                 res = sj.train(genome, cfg, task, tcfg, progress=False)
                 cell = {"class": cls.name, "class_id": cid, "task": task_name, "seed": seed,
@@ -266,6 +302,9 @@ def main(argv=None) -> int:
                         "seconds": time.perf_counter() - t0, "compiles": counts["n"] - n0,
                         "compile_seconds": counts["s"] - s0, "params": sj.param_count(genome, cfg),
                         "cache_bytes": sj.cache_bytes(genome, cfg, seq_len=task.seq_len)}
+                if budget.get("eval_every"):
+                    cell["curve"] = [[int(st), float(acc)] for st, acc in
+                                     zip(res.curve["eval_step"], res.curve["test_accuracy"])]
                 out["cells"].append(cell)
                 out["total_seconds"] += cell["seconds"]
                 print(f"{cls.name:>16} {task_name:>24} seed {seed}: acc {cell['test_accuracy']:.3f}  "

@@ -6,8 +6,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from star_jax.ops.attention import AttentionFeaturizer, AttentionMixer
+from star_jax.ops.attention import AttentionFeaturizer, AttentionMixer, _softmax
 from star_jax.ops.differential import DiffHeadNorm, DiffLambda
+from star_jax.ops.primitives import rope_angles
 
 WIDTH, BATCH, LENGTH = 16, 2, 9
 
@@ -226,3 +227,25 @@ def test_unknown_group_raises():
         feat.param_count(("q1",))
     assert feat.shareable() == ("k", "v")
     assert AttentionFeaturizer(16, 4, 2, 4, differential=True).groups() == ("q1", "k1", "q2", "k2", "v")
+
+
+def test_written_out_softmax_matches_jax_softmax_and_its_gradient():
+    """The attention's softmax (max, exp, sum, divide, explicit backward) is jax.nn.softmax."""
+    k1, k2 = jax.random.split(jax.random.key(5))
+    s = 4.0 * jax.random.normal(k1, (2, 3, 7, 7))
+    s = jnp.where(jnp.tril(jnp.ones((7, 7), bool)), s, jnp.finfo(jnp.float32).min)  # causal mask
+    g = jax.random.normal(k2, s.shape)
+    np.testing.assert_allclose(_softmax(s), jax.nn.softmax(s, axis=-1), rtol=1e-6, atol=1e-7)
+    grad = jax.grad(lambda x: jnp.sum(g * _softmax(x)))(s)
+    ref = jax.grad(lambda x: jnp.sum(g * jax.nn.softmax(x, axis=-1)))(s)
+    np.testing.assert_allclose(grad, ref, rtol=1e-5, atol=1e-6)
+
+
+def test_rope_tables_on_the_host_match_the_traced_ones():
+    """Static positions give host float64-computed tables; a decoding step computes them in the
+    graph in float32. Both are the same angles to float32 rounding."""
+    host_cos, host_sin = rope_angles(np.arange(300), 16, 10000.0)
+    assert isinstance(host_cos, np.ndarray) and host_cos.dtype == np.float32 and host_cos.shape == (300, 8)
+    cos, sin = jax.jit(lambda p: rope_angles(p, 16, 10000.0))(jnp.arange(300))
+    np.testing.assert_allclose(host_cos, cos, atol=3e-5)
+    np.testing.assert_allclose(host_sin, sin, atol=3e-5)

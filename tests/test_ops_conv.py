@@ -115,13 +115,16 @@ def test_param_and_state_counts(differential, short_conv, expansion, repeat):
         assert mixer.state_elems(MAX_LEN) == expected
 
 
-def test_fft_long_conv_matches_direct():
+@pytest.mark.parametrize("length", [1, 2, 3, 32, 33, 127])
+def test_fft_long_conv_matches_direct(length):
+    """The FFT is padded to the power of two >= 2L - 1: no wrap-around at any length, including
+    L = 2^k + 1 (2L - 1 just above a power of two) and MAD's L = 127."""
     ku, kh = jax.random.split(jax.random.key(3))
-    u = jax.random.normal(ku, (2, 33, 5))
-    h = jax.random.normal(kh, (33, 5))
+    u = jax.random.normal(ku, (2, length, 5))
+    h = jax.random.normal(kh, (length, 5))
     un, hn = np.asarray(u, np.float64), np.asarray(h, np.float64)
     ref = np.zeros_like(un)
-    for t in range(33):
+    for t in range(length):
         for j in range(t + 1):
             ref[:, t] += hn[t - j] * un[:, j]
     np.testing.assert_allclose(jax.jit(fft_causal_conv)(u, h), ref, rtol=1e-4, atol=1e-4)

@@ -68,8 +68,9 @@ def fft_causal_conv(u: jax.Array, h: jax.Array) -> jax.Array:
     """Causal long convolution by FFT, padded to n >= 2L - 1 (so no wrap-around).
 
     n is the smallest power of two >= 2L - 1. At MAD's L = 127, n = 2L = 254 = 2 x 127 made
-    every FFT take the slow path for a prime factor: n = 256 ran the convolution's forward about
-    3x faster on CPU (forward + backward of b 16, 64 channels: 5.6 -> 1.7 ms).
+    every FFT take the slow path for a prime factor: with n = 256 the convolution (batch 16, 64
+    channels) ran 3x faster on CPU, forward 2.0 -> 0.6 ms and forward + backward 3.6 -> 1.1 ms,
+    and a GConv-2 part's forward + backward 6.9 -> 3.2 ms (benchmarks/part_kinds.py).
 
     Arguments:
       u: [batch, length, channels]
@@ -90,9 +91,9 @@ def rope_angles(positions, head_dim: int, base: float = 10000.0):
 
     Static positions (a numpy array, as in the parallel forward) give numpy float32 tables
     computed in float64 on the host: XLA then reads them as constants. Computed in the graph,
-    the cos and sin were fused into every consumer and evaluated once per element of q and k
-    (64x the table's size at 4 heads of 16), which made an SA-1 block's forward + backward
-    about 25% slower on CPU. Traced positions (one decoding step) are computed in float32 in
+    the cos and sin were fused into every consumer and evaluated again for every element of q
+    and k (128 times per table entry at batch 16 and 4 heads), which made an SA-1 block's
+    forward + backward about 20% slower on CPU. Traced positions (one decoding step) are computed in float32 in
     the graph.
     """
     half = head_dim // 2

@@ -21,11 +21,13 @@ from star_jax.ops.primitives import causal_short_conv, causal_short_conv_step, r
 SCAN_IMPLS = ("scan", "associative")
 DT_MIN, DT_MAX = 1e-3, 1e-1
 _DT_KERNEL_SCALE = 0.01  # variance scale of the dt projection: the bias sets dt at init
-# The S6 backward loop runs two steps per iteration when the length is even: 24 -> 18 ms (b 16,
-# L 128, d 64, e 16). At an odd length (every MAD task: L = seq_len - 1) `lax.scan` would slice
-# every per-step input, the stored [L, b, d, e] states included, into a [L // 2, 2, ...] part and
-# a remainder, and those copies cost more than the unrolling saves (Rec-1 at L 127: 14.0 ->
-# 12.9 ms, Rec-1-Diff 28.2 -> 23.5 ms); one step per iteration there. Same values either way.
+# The S6 backward loop runs two steps per iteration when the length is even (24 -> 18 ms at b 16,
+# L 128, d 64, e 16 when introduced; with the current XLA the two tie there). At an odd length
+# (every MAD task: L = seq_len - 1) `lax.scan` would slice every per-step input, the stored
+# [L, b, d, e] states included, into a [L // 2, 2, ...] part and a remainder, and those copies
+# cost more than the unrolling saves (forward + backward of a Rec-1-Diff part at L 127, batch 16,
+# width 64: 38.4 -> 27.6 ms, benchmarks/part_kinds.py); one step per iteration there. Same
+# values either way.
 _BWD_UNROLL = 2
 
 

@@ -93,8 +93,8 @@ def rope_angles(positions, head_dim: int, base: float = 10000.0):
     computed in float64 on the host: XLA then reads them as constants. Computed in the graph,
     the cos and sin were fused into every consumer and evaluated again for every element of q
     and k (128 times per table entry at batch 16 and 4 heads), which made an SA-1 block's
-    forward + backward about 20% slower on CPU. Traced positions (one decoding step) are computed in float32 in
-    the graph.
+    forward + backward about 20% slower on CPU. Traced positions (one decoding step) are
+    computed in float32 in the graph.
     """
     half = head_dim // 2
     if isinstance(positions, np.ndarray):

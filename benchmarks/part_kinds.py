@@ -14,26 +14,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import time
+import shlex
 
 from population import _machine  # this directory's population benchmark
+from population_step import _median_ms
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 WIDTH, VOCAB, SEQ, BATCH = 64, 32, 128, 16
 REFERENCE = 9  # GMemless
-
-
-def _median_ms(fn, reps: int) -> float:
-    import jax
-    import numpy as np
-
-    jax.block_until_ready(fn())
-    times = []
-    for _ in range(reps):
-        t = time.perf_counter()
-        jax.block_until_ready(fn())
-        times.append(time.perf_counter() - t)
-    return 1e3 * float(np.median(times))
 
 
 def measure(reps: int) -> list[dict]:
@@ -54,8 +42,8 @@ def measure(reps: int) -> list[dict]:
     rows = []
     for k, cid in enumerate(ids, start=1):
         prog = model.progs[k]
-        fwd = _median_ms(lambda: prog.fwd(vecs[k], None, x, {}), reps)
-        bwd = _median_ms(lambda: prog.bwd(vecs[k], None, x, {}, (x, {})), reps)
+        fwd, _ = _median_ms(prog.fwd, (vecs[k], None, x, {}), reps)
+        bwd, _ = _median_ms(prog.bwd, (vecs[k], None, x, {}, (x, {})), reps)
         rows.append({"class_id": cid, "class": classes.get_liv_class(cid).name, "fwd_ms": fwd, "bwd_ms": bwd})
     ref = next(r for r in rows if r["class_id"] == REFERENCE)
     for r in rows:
@@ -91,7 +79,7 @@ def main() -> None:
     args = ap.parse_args()
     out = {"label": args.label, "reps": args.reps, "machine": _machine(),
            "command": "python benchmarks/part_kinds.py" + (f" --name {args.name}" if args.name != "part_kinds" else "")
-           + (f" --label {args.label}" if args.label != "HEAD" else ""),
+           + (f" --label {shlex.quote(args.label)}" if args.label != "HEAD" else ""),
            "rows": measure(args.reps)}
     os.makedirs(args.out, exist_ok=True)
     with open(os.path.join(args.out, args.name + ".json"), "w") as f:

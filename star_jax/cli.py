@@ -4,6 +4,7 @@ mismatch) print one line and exit with 2; any other exception is a bug and keeps
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import pathlib
@@ -39,6 +40,16 @@ def _genome(text: str):
     text = text.strip()
     g = Genome.from_json(text) if text.startswith("[") else Genome.from_string(text)
     return g.validate()
+
+
+def _workers(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1 (candidates trained at once), got {text!r}")
+    return value
 
 
 def _task_value(text: str):
@@ -88,7 +99,7 @@ def cmd_evolve(args) -> int:
     run_dir = args.run_dir or os.path.join("runs", "quick" if not args.config else pathlib.Path(args.config).stem)
     config = _evolve_config(args, run_dir)
     setup_compilation_cache()
-    result = evolve(config, run_dir, progress=not args.no_progress)
+    result = evolve(config, run_dir, progress=not args.no_progress, workers=args.workers)
     if args.no_progress:
         from star_jax.evolve.report import print_front
 
@@ -179,7 +190,12 @@ def cmd_reevaluate(args) -> int:
     if args.seeds < 2:
         raise CliError(f"--seeds must be >= 2 (one seed resolves nothing), got {args.seeds}")
     setup_compilation_cache()
-    out = reevaluate(args.run_dir, seeds=args.seeds, progress=True)
+    evaluator = None
+    if args.workers is not None:
+        from star_jax.evolve.evaluation import train_candidates
+
+        evaluator = functools.partial(train_candidates, workers=args.workers)
+    out = reevaluate(args.run_dir, seeds=args.seeds, progress=True, evaluator=evaluator)
     names = {s.genome: s.name for s in out.summaries}
     print(f"{out.objective} over seeds {list(out.seeds)} (mean +- sd):")
     for s in out.summaries:
@@ -213,6 +229,9 @@ def build_parser() -> argparse.ArgumentParser:
                                              "at it)")
     p.add_argument("--seed", type=int, help="override the evolution seed")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--workers", type=_workers, help="candidates trained at once (default: 2 on a CPU of 2 or "
+                                                    "more cores, 1 on a GPU/TPU; or STAR_JAX_WORKERS); results "
+                                                    "do not depend on it")
     p.set_defaults(func=cmd_evolve)
 
     p = sub.add_parser("init-config", help="write a commented evolution config to edit and pass to evolve --config")
@@ -252,6 +271,7 @@ def build_parser() -> argparse.ArgumentParser:
                                           "compare them with paired intervals")
     p.add_argument("run_dir")
     p.add_argument("--seeds", type=int, default=5, help="number of fresh training seeds (default 5)")
+    p.add_argument("--workers", type=_workers, help="candidates trained at once (as for evolve)")
     p.set_defaults(func=cmd_reevaluate)
     return parser
 

@@ -18,8 +18,7 @@ from star_jax.genome import Genome, GenomeError, baselines
 from star_jax.io.jsonutil import finite_or_none
 from star_jax.metrics import cache_bytes, param_count
 from star_jax.model import ConfigError, compile_genome
-from star_jax.train import train
-from star_jax.train.parts import warm_up_genomes
+from star_jax.train.many import train_many
 
 from star_jax.population import STRATEGIES, train_population
 
@@ -60,8 +59,9 @@ _WARNED: set = set()
 
 
 def train_candidates(genomes: Sequence[Genome], config: EvolveConfig, task, *,
-                     on_candidate: Callable[[int], None] | None = None) -> list[dict]:
-    """The default evaluator: trains genomes with the population engine in one call, or one by one.
+                     on_candidate: Callable[[int], None] | None = None, workers: int | None = None) -> list[dict]:
+    """The default evaluator: trains genomes with the population engine in one call, or with
+    ``star_jax.train`` per genome, several at a time (``star_jax.train.many.train_many``).
 
     Uses ``star_jax.population.train_population`` with ``config.strategy`` ("auto":
     "sequential", see ``star_jax.evolve.config.STRATEGIES``); a strategy that cannot run on
@@ -73,6 +73,8 @@ def train_candidates(genomes: Sequence[Genome], config: EvolveConfig, task, *,
         config: the run config (model, train and strategy are used).
         task: the fitness task.
         on_candidate: called with the number of candidates done so far, as they finish.
+        workers: ``"sequential"``: candidates in training at once (default
+            ``star_jax.train.many.default_workers()``); results do not depend on it.
 
     Returns:
         One metrics dict per genome (``star_jax.train`` final metrics).
@@ -100,13 +102,15 @@ def train_candidates(genomes: Sequence[Genome], config: EvolveConfig, task, *,
                 if on_candidate is not None:
                     on_candidate(len(genomes))
                 return [dict(m) for m in result.metrics[: len(genomes)]]
-    warm_up_genomes(genomes, config.model, task, config.train.batch_size)  # new LIV kinds, side by side
-    out = []
-    for i, g in enumerate(genomes):
-        out.append(dict(train(g, config.model, task, config.train, progress=False).metrics))
+    done = [0]
+
+    def tick(_i, _result):
+        done[0] += 1
         if on_candidate is not None:
-            on_candidate(i + 1)
-    return out
+            on_candidate(done[0])
+
+    results = train_many(genomes, config.model, task, config.train, workers=workers, on_result=tick)
+    return [dict(r.metrics) for r in results]
 
 
 _MEAN_KEYS = ("train_loss", "test_loss", "test_accuracy")

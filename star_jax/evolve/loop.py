@@ -3,6 +3,7 @@ A run lives in a run directory; killing it and running the same call again resum
 from __future__ import annotations
 
 import dataclasses
+import functools
 import pathlib
 import time
 
@@ -22,6 +23,7 @@ from star_jax.evolve.runstate import (BASELINES_FILE, EXTENSIONS_FILE, EvolveRes
                                       adopt_reevaluate_seeds, complete_config, extend_run, load_run)
 from star_jax.genome import Genome, flat_operators, random_genome
 from star_jax.io import MetricLogger, RunDir
+from star_jax.train.many import check_workers
 
 __all__ = ["EvolveResult", "evolve", "load_run", "train_candidates", "baseline_genomes", "pareto_front",
            "record_failure", "RUN_FORMAT", "Candidate", "EvalRecord", "RunState"]
@@ -46,7 +48,7 @@ def _make_strategy(config: EvolveConfig) -> NSGA2:
 
 
 def evolve(config: EvolveConfig, run_dir, *, progress: bool = True, evaluator: Evaluator | None = None,
-           resume: bool = True) -> EvolveResult:
+           resume: bool = True, workers: int | None = None) -> EvolveResult:
     """Runs (or resumes) a multi-objective evolution of genomes with NSGA-II.
 
     Generation 0 evaluates the initial population; each of the ``config.generations`` next ones
@@ -77,6 +79,10 @@ def evolve(config: EvolveConfig, run_dir, *, progress: bool = True, evaluator: E
             JAX's persistent compilation cache is turned on (``star_jax.compile_cache``).
         evaluator: training function (default ``train_candidates``); see ``Evaluator``.
         resume: if False, an existing run in ``run_dir`` is an error.
+        workers: candidates the default evaluator trains at once (default
+            ``star_jax.train.many.default_workers()``: 2 on a CPU of 2 or more cores, 1 on a
+            GPU/TPU, or ``STAR_JAX_WORKERS``). Results do not depend on it, so it is not part
+            of the config and a run may resume with another value.
 
     Returns:
         The ``EvolveResult``.
@@ -101,6 +107,11 @@ def evolve(config: EvolveConfig, run_dir, *, progress: bool = True, evaluator: E
     if not isinstance(config, EvolveConfig):
         raise TypeError(f"config must be an EvolveConfig, got {type(config).__name__}")
     enable_compilation_cache()  # off with STAR_JAX_CACHE_DIR=off
+    if workers is not None:
+        check_workers(workers)
+        if evaluator is not None:
+            raise ValueError("workers applies to the default evaluator; a custom evaluator sets its own")
+        evaluator = functools.partial(train_candidates, workers=workers)
     evaluator = evaluator or train_candidates
     rd = RunDir(run_dir)
     with rd.lock():  # one writer per run directory; taken before any data is built

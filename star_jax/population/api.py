@@ -10,7 +10,7 @@ import jax
 from star_jax.genome import Genome
 from star_jax.model.config import ModelConfig
 from star_jax.train.config import TrainConfig
-from star_jax.train.loop import train as train_one
+from star_jax.train.many import check_workers, default_workers, train_many
 from star_jax.train.optim import FlatLayout, make_flat_optimizer
 from star_jax.train.progress import progress_bar
 from star_jax.train import parts
@@ -68,29 +68,38 @@ def _run_static(genomes, cfg, task, train_cfg, mesh, init_params, progress):
     return metrics, curves, params, counter.count, times
 
 
-def _run_sequential(genomes, cfg, task, train_cfg, init_params, bar, first: int, total: int, progress: bool):
-    """Candidates one by one; ``bar`` counts candidates (``first`` done before this chunk)."""
-    metrics, curves, params = [], [], []
+def _run_sequential(genomes, cfg, task, train_cfg, init_params, bar, first: int, total: int, progress: bool,
+                    workers: int | None):
+    """Candidates through ``train_many`` (``workers`` at a time); ``bar`` counts candidates
+    (``first`` done before this chunk)."""
     t0 = time.perf_counter()
+    workers = default_workers() if workers is None else workers
     bar.phase(f"compiling the new part programs of {len(genomes)} genomes")
     n_compiled = parts.warm_up_genomes(genomes, cfg, task, train_cfg.batch_size)
     bar.log(f"compiled {n_compiled} part program{'s' if n_compiled != 1 else ''} in {time.perf_counter() - t0:.1f}s")
-    for c, g in enumerate(genomes):
-        given = None if init_params is None else init_params[c]
-        bar.phase(f"candidate {first + c + 1}/{total}: {g.short()}")
-        r = train_one(g, cfg, task, train_cfg, params=given, progress=progress)
-        bar.update(completed=first + c + 1)
-        metrics.append(r.metrics)
-        curves.append(r.curve)
-        params.append(r.params)
-    return metrics, curves, params, 0, {"train": time.perf_counter() - t0}
+    done = [0]
+
+    def on_start(c):
+        if workers == 1:
+            bar.phase(f"candidate {first + c + 1}/{total}: {genomes[c].short()}")
+
+    def on_result(c, _):
+        done[0] += 1
+        if workers > 1:
+            bar.phase(f"training, {workers} candidates at a time")
+        bar.update(completed=first + done[0])
+
+    results = train_many(genomes, cfg, task, train_cfg, params=init_params, workers=workers,
+                         on_result=on_result, on_start=on_start, progress=progress)
+    return ([r.metrics for r in results], [r.curve for r in results], [r.params for r in results], 0,
+            {"train": time.perf_counter() - t0})
 
 
 def train_population(genomes: Sequence[Genome | str], cfg: ModelConfig, task, train_cfg: TrainConfig | None = None,
                      *, strategy: str = "static", mesh=None, memory_budget_bytes: int | None = None,
                      keep_params: bool = False, init_params: Sequence[Any] | None = None,
                      classes: Sequence[int] | None = None, pad_to: int | None = None,
-                     progress: bool = False) -> PopulationResult:
+                     workers: int | None = None, progress: bool = False) -> PopulationResult:
     """Train every genome of a population on ``task`` and evaluate it on the task's test set.
 
     Each candidate gets what ``star_jax.train(genome, cfg, task, train_cfg)`` would give it
@@ -126,6 +135,9 @@ def train_population(genomes: Sequence[Genome | str], cfg: ModelConfig, task, tr
             are skipped by ``lax.cond``) and are not returned. When the memory budget splits the
             population, every chunk is padded to the largest one (one compile for all chunks).
             Ignored by ``"static"`` and ``"sequential"``, which compile per call anyway.
+        workers: ``"sequential"`` only: candidates in training at once on host threads
+            (default ``star_jax.train.many.default_workers()``: 2 on a CPU of 2 or more cores,
+            1 on a GPU/TPU); results do not depend on it.
         progress: show an overall bar on stderr: candidates done (``"sequential"``, with each
             candidate's own bar below it) or steps done by the whole population (``"static"``,
             ``"data"``; "compiling" until the first chunk of steps has run). Off by default.
@@ -144,6 +156,8 @@ def train_population(genomes: Sequence[Genome | str], cfg: ModelConfig, task, tr
     genomes = _genomes(genomes)
     if init_params is not None and len(init_params) != len(genomes):
         raise ValueError(f"init_params has {len(init_params)} entries for {len(genomes)} genomes")
+    if workers is not None:
+        check_workers(workers)
     if pad_to is not None and (isinstance(pad_to, bool) or not isinstance(pad_to, int) or pad_to < len(genomes)):
         raise ValueError(f"pad_to must be an int >= the number of genomes ({len(genomes)}) or None, got {pad_to!r}")
     start = time.perf_counter()
@@ -164,7 +178,8 @@ def train_population(genomes: Sequence[Genome | str], cfg: ModelConfig, task, tr
             sub = [genomes[i] for i in idx]
             sub_init = None if init_params is None else [init_params[i] for i in idx]
             if strategy == "sequential":
-                out = _run_sequential(sub, cfg, task, train_cfg, sub_init, bar, done, len(genomes), progress)
+                out = _run_sequential(sub, cfg, task, train_cfg, sub_init, bar, done, len(genomes), progress,
+                                      workers)
             else:
                 offset = done * train_cfg.steps
                 what = "compiling" if strategy == "static" else "compiling (or reusing) the step"

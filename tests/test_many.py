@@ -1,0 +1,122 @@
+"""Tests of training several candidates at once (`star_jax.train.many`): results bit-identical to
+training each alone, in order, whatever the number of workers; errors, progress and settings."""
+from __future__ import annotations
+
+import math
+import threading
+
+import jax
+import numpy as np
+import pytest
+
+import star_jax as sj
+from star_jax import tasks
+from star_jax.evolve import EvolveConfig
+from star_jax.evolve.evaluation import train_candidates
+from star_jax.population import train_population
+from star_jax.train import TrainConfig
+from star_jax.train.many import WORKERS_ENV, default_workers, train_many
+
+# attention with shared K/V, a differential recurrence with featurizer sharing, a gated conv + SwiGLU
+GENOMES = ("1.1.1.1.2-1.1.1.1.2-5.1.1.1.1", "14.1.2.1.2-14.1.2.1.2-5.1.1.1.1", "8.1.1.1.1-9.1.1.1.1-8.1.1.1.1",
+           "5.1.1.1.1-9.1.1.1.1-15.1.1.1.1")
+
+
+@pytest.fixture(scope="module")
+def setting():
+    task = tasks.make("in_context_recall", vocab_size=16, seq_len=16, num_train=256, num_test=32)
+    cfg = sj.ModelConfig(width=16, vocab_size=16, max_len=task.seq_len, head_dim=4, window=8)
+    tc = TrainConfig(steps=6, batch_size=4, warmup_steps=2, eval_every=3, eval_batch_size=16)
+    return task, cfg, tc
+
+
+@pytest.fixture(scope="module")
+def alone(setting):
+    task, cfg, tc = setting
+    return [sj.train(g, cfg, task, tc, progress=False) for g in GENOMES]
+
+
+def _assert_identical(got, want):
+    assert got.metrics == want.metrics
+    assert set(got.curve) == set(want.curve)
+    for k, v in want.curve.items():
+        np.testing.assert_array_equal(got.curve[k], v, err_msg=k)
+    for a, b in zip(jax.tree.leaves(got.params), jax.tree.leaves(want.params)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+@pytest.mark.parametrize("workers", [1, 2, 3])
+def test_results_are_bit_identical_to_training_alone(setting, alone, workers):
+    task, cfg, tc = setting
+    finished, threads = [], set()
+    results = train_many(GENOMES, cfg, task, tc, workers=workers,
+                         on_result=lambda i, r: finished.append(i),
+                         on_start=lambda i: threads.add(threading.get_ident()))
+    assert len(results) == len(GENOMES)
+    for got, want in zip(results, alone):
+        _assert_identical(got, want)
+    assert sorted(finished) == list(range(len(GENOMES)))
+    if workers == 1:
+        assert threads == {threading.get_ident()}  # one at a time, on the calling thread
+    else:
+        assert threading.get_ident() not in threads
+
+
+def test_given_params_per_candidate(setting, alone):
+    task, cfg, tc = setting
+    start = [alone[0].params, None]
+    got = train_many(GENOMES[:2], cfg, task, tc, params=start, workers=2)
+    want = sj.train(GENOMES[0], cfg, task, tc, params=alone[0].params, progress=False)
+    _assert_identical(got[0], want)
+    _assert_identical(got[1], alone[1])
+    with pytest.raises(ValueError, match="params has 1 entries for 2 genomes"):
+        train_many(GENOMES[:2], cfg, task, tc, params=[None])
+
+
+def test_a_diverging_candidate_does_not_touch_the_others(setting, alone):
+    task, cfg, tc = setting
+    poisoned = jax.tree.map(lambda x: x * np.nan, alone[1].params)
+    got = train_many(GENOMES[:3], cfg, task, tc, params=[None, poisoned, None], workers=2)
+    assert got[1].metrics["diverged"] and got[1].metrics["test_loss"] == math.inf
+    _assert_identical(got[0], alone[0])
+    _assert_identical(got[2], alone[2])
+
+
+def test_the_first_failing_genome_in_order_is_raised(setting):
+    task, cfg, tc = setting
+    big_task = tasks.make("in_context_recall", vocab_size=64, seq_len=16, num_train=64, num_test=16)
+    # every candidate fails the same way (vocabulary too small); the error is the one sj.train gives
+    with pytest.raises(ValueError, match="smaller than the task's"):
+        train_many(GENOMES, cfg, big_task, tc, workers=2)
+
+
+def test_workers_setting(setting, monkeypatch):
+    task, cfg, tc = setting
+    for bad in (0, -1, 1.5, True, "2"):
+        with pytest.raises(ValueError, match="workers must be an integer >= 1"):
+            train_many(GENOMES[:1], cfg, task, tc, workers=bad)
+        with pytest.raises(ValueError, match="workers must be an integer >= 1"):
+            train_population(GENOMES[:1], cfg, task, tc, strategy="sequential", workers=bad)
+    monkeypatch.setenv(WORKERS_ENV, "3")
+    assert default_workers() == 3
+    monkeypatch.setenv(WORKERS_ENV, "three")
+    with pytest.raises(ValueError, match=f"the environment variable {WORKERS_ENV} must be an integer >= 1"):
+        default_workers()
+    monkeypatch.delenv(WORKERS_ENV)
+    assert 1 <= default_workers() <= 2
+    with pytest.raises(ValueError, match="workers applies to the default evaluator"):
+        sj.evolve(EvolveConfig(), "unused", evaluator=train_candidates, workers=2)
+    assert train_many([], cfg, task, tc) == []
+
+
+def test_population_and_evolve_evaluator_use_workers(setting, alone):
+    task, cfg, tc = setting
+    pop = train_population(GENOMES, cfg, task, tc, strategy="sequential", workers=2, keep_params=True)
+    for c, want in enumerate(alone):
+        assert pop.metrics[c] == want.metrics
+    config = EvolveConfig(model=cfg, train=tc, n_liv=3, pop_size=4, strategy="sequential")
+    ticks = []
+    got = train_candidates([sj.Genome.from_string(g) for g in GENOMES], config, task,
+                           on_candidate=ticks.append, workers=2)
+    assert got == [dict(r.metrics) for r in alone]
+    assert ticks == [1, 2, 3, 4]

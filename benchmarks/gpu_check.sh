@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # One GPU, one script, about 5 minutes after the machine is up: the compile-count tests, the
-# Transformer++ job end to end (cold and warm compilation cache), then one generation of 16
-# random 8-LIV genomes per population strategy. Each part has its own timeout and writes its
+# Transformer++ job end to end (cold and warm compilation cache; one sj.train per candidate, then
+# train_many), one generation of 16 random 8-LIV genomes per population strategy, and last 1
+# against 2 candidates trained at once (whether the default of 1 worker on a GPU is right). Each part has its own timeout and writes its
 # results under OUT_DIR before the next part starts, so a timeout never loses a finished part.
 # Runs with the machine's own jax/flax/optax (no install): PYTHONPATH points at this checkout.
 # Usage: benchmarks/gpu_check.sh OUT_DIR
@@ -23,12 +24,14 @@ part() {  # part NAME SECONDS COMMAND...: run, log, record the exit status at on
 }
 part devices 30 "$PY" -c "import jax, flax, optax; print(jax.__version__, flax.__version__, optax.__version__, jax.default_backend(), jax.devices())"
 # 1. what a training call compiles (second call 0, new genome 0, fresh process <= 20)
-part compile_tests 75 "$PY" -m pytest tests/test_compile.py -q -x -p no:cacheprovider
-# 2. 16 Transformer++ candidates end to end, cold then warm cache (each process at most 50 s)
-part peer_job 110 "$PY" benchmarks/peer_job.py --out "$OUT" --name peer_job_gpu --timeout 50
+part compile_tests 60 "$PY" -m pytest tests/test_compile.py -q -x -p no:cacheprovider
+# 2. 16 Transformer++ candidates end to end, cold then warm cache (each process at most 30 s)
+part peer_job 125 "$PY" benchmarks/peer_job.py --out "$OUT" --name peer_job_gpu --timeout 30
 # 3. one generation of 16 random 8-LIV genomes per strategy (issue-5 setting), a fresh process each
 for s in sequential static data; do
-  part "population_$s" 60 "$PY" benchmarks/population.py --out "$OUT" --name "population_gpu_$s" \
+  part "population_$s" 50 "$PY" benchmarks/population.py --out "$OUT" --name "population_gpu_$s" \
     --strategies "$s:1" --timeout 50
 done
+# 4. 1 against 2 candidates at once, 4 random genomes, compiled first (metrics checked equal)
+part workers 45 "$PY" benchmarks/workers.py --out "$OUT" --name workers_gpu --candidates 4 --reps 1 --jobs random
 cat "$OUT/parts.jsonl"

@@ -3,21 +3,25 @@ reimplementation is judged on, run the way a user gets it by default.
 
 The job: 16 Transformer++ candidates (8 LIVs, SA-1/SwiGLU alternating; width 64, vocab 32,
 in-context recall at L 128 (127 tokens), batch 16, 100 AdamW steps, then evaluation on the
-1,280-sequence test set), one ``star_jax.train`` each, in a fresh process. It runs twice against
-one fresh persistent compilation cache: ``cold`` (empty cache) then ``warm`` (a second process,
-same cache). Per candidate it records wall seconds, XLA compile seconds and counts
-(``jax.monitoring``); the job's time runs from the process start to the last candidate's result.
-After the job (outside its time) one more candidate is timed and the step's FLOPs are compared
-with the f32 matmul peak measured in the same process. The population-engine setting (random
+1,280-sequence test set), in a fresh process, two ways: ``tpp``, one ``star_jax.train`` per
+candidate, one after another, and ``tpp_many``, the same candidates through
+``star_jax.train.many.train_many`` (what ``train_population`` and ``evolve`` use), its default
+number at a time. Each runs twice against one fresh persistent compilation cache: ``cold``
+(empty cache) then ``warm`` (a second process, same cache). Per part it records wall seconds,
+XLA compile seconds and counts (``jax.monitoring``); the job's time runs from the process start
+to the last candidate's result. After the ``tpp`` job (outside its time) the candidate is timed
+at 1 and at 100 steps, 3 times each, the evaluation alone 3 times, and the step's FLOPs are
+compared with the f32 matmul peak measured in the same process. The population-engine setting (random
 8-LIV genomes, several generations, every strategy) is ``benchmarks/population.py``. Usage:
 
-    python benchmarks/peer_job.py [--name peer_job] [--timeout 1800]
+    python benchmarks/peer_job.py [--name peer_job] [--timeout 1800] [--jobs tpp,tpp_many]
 """
 from __future__ import annotations
 
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -28,6 +32,9 @@ ROOT = os.path.dirname(HERE)
 sys.path.insert(0, HERE)
 
 WIDTH, VOCAB, SEQ, BATCH, STEPS, POP, N_LIV = 64, 32, 128, 16, 100, 16, 8
+REPS = 3
+JOBS = {"tpp": "one star_jax.train per candidate, one after another",
+        "tpp_many": "the same candidates through star_jax.train.many.train_many, its default workers at a time"}
 
 
 def _flops_per_step(genome, cfg) -> float:
@@ -78,6 +85,20 @@ def _worker(job: str) -> dict:
     train_cfg = sj.TrainConfig(steps=STEPS, batch_size=BATCH, warmup_steps=10, lr=1e-3)
     out: dict = {"job": job, "cache_dir_set": cache is not None, "import_s": t_import, "parts": []}
     genome = sj.baselines.transformer_pp(n_liv=N_LIV)
+    if job == "tpp_many":  # the same candidates through train_many, its default workers at a time
+        from star_jax.train.many import default_workers, train_many
+
+        n0, t0 = len(compiles), time.perf_counter()
+        workers = default_workers()
+        results = train_many([genome] * POP, cfg, task, [train_cfg.replace(seed=c) for c in range(POP)])
+        out["workers"] = workers
+        out["parts"].append({"part": f"{POP} candidates, {workers} at a time", "wall_s": time.perf_counter() - t0,
+                             "compiles": len(compiles) - n0, "compile_s": sum(compiles[n0:]),
+                             "test_accuracy": [r.metrics["test_accuracy"] for r in results]})
+        out["job_s"] = time.perf_counter() - t_start
+        out["job_compiles"] = len(compiles)
+        out["job_compile_s"] = sum(compiles)
+        return out
     for c in range(POP):
         n0, t0 = len(compiles), time.perf_counter()
         res = sj.train(genome, cfg, task, train_cfg.replace(seed=c), progress=False)
@@ -88,16 +109,32 @@ def _worker(job: str) -> dict:
     out["job_s"] = time.perf_counter() - t_start
     out["job_compiles"] = len(compiles)
     out["job_compile_s"] = sum(compiles)
-    # outside the job: the same candidate at 100 and at 200 steps; the difference is 100 steady
-    # steps, the rest of the 100-step run is its fixed cost (evaluation, init, host work)
-    t0 = time.perf_counter()
-    sj.train(genome, cfg, task, train_cfg.replace(seed=99), progress=False)
-    out["repeat_candidate_s"] = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    sj.train(genome, cfg, task, train_cfg.replace(seed=99, steps=2 * STEPS), progress=False)
-    out["double_candidate_s"] = time.perf_counter() - t0
-    out["step_s"] = (out["double_candidate_s"] - out["repeat_candidate_s"]) / STEPS
-    out["fixed_s"] = out["repeat_candidate_s"] - STEPS * out["step_s"]
+    # outside the job: the same candidate at 1 and at 100 steps, REPS times each (alternated);
+    # the difference of the medians is 99 steady steps, the rest of the 1-step run is the fixed
+    # cost of a candidate (init, evaluation of the test set, host work)
+    one, full = [], []
+    for _ in range(REPS):
+        t0 = time.perf_counter()
+        sj.train(genome, cfg, task, train_cfg.replace(seed=99, steps=1, warmup_steps=0), progress=False)
+        one.append(time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        sj.train(genome, cfg, task, train_cfg.replace(seed=99), progress=False)
+        full.append(time.perf_counter() - t0)
+    out["one_step_candidate_s"], out["repeat_candidate_s"] = one, full
+    out["step_s"] = (statistics.median(full) - statistics.median(one)) / (STEPS - 1)
+    out["fixed_s"] = statistics.median(one) - out["step_s"]
+    # the evaluation alone: the test set through the forward programs, REPS times
+    model = sj.train.parts.PartModel(sj.compile_genome(genome, cfg), task.seq_len)
+    vecs = model.init(0)[0]
+    from star_jax.train.step import stack_test_batches
+
+    test_inputs, test_targets = (jax.device_put(list(a)) for a in stack_test_batches(task, BATCH))
+    evals = []
+    for _ in range(REPS):
+        t0 = time.perf_counter()
+        model.eval_sums(vecs, test_inputs, test_targets)
+        evals.append(time.perf_counter() - t0)
+    out["eval_s"] = statistics.median(evals)
     out["flops_per_step"] = _flops_per_step(genome, cfg)
     from population import _matmul_peak
 
@@ -132,6 +169,10 @@ def _run(job: str, cache_dir: str, timeout: float) -> dict:
     return result
 
 
+def _secs(values) -> str:
+    return f"{statistics.median(values):.2f} ({', '.join(f'{v:.2f}' for v in values)})"
+
+
 def _markdown(results: list[dict], machine: dict) -> str:
     lines = ["# End-to-end job cost (compile included)\n",
              f"Machine: {machine['cpu']}, {machine['cores']} cores, JAX {machine['jax']} ({machine['backend']}).",
@@ -155,10 +196,14 @@ def _markdown(results: list[dict], machine: dict) -> str:
         if "flops_per_step" in r:
             step = r["step_s"]
             frac = r["flops_per_step"] / step / r["matmul_peak_flops"]
-            lines.append(f"\nAfter the job, the same candidate at 100 steps took {r['repeat_candidate_s']:.2f} s and at "
-                         f"200 steps {r['double_candidate_s']:.2f} s: a steady step of {1000 * step:.1f} ms and a "
-                         f"fixed cost (evaluation of the test set, init, host work) of {r['fixed_s']:.2f} s per "
-                         f"candidate ({100 * r['fixed_s'] / (STEPS * step):.0f}% of its 100 steps). "
+            fixed = r["fixed_s"]
+            lines.append(f"\nAfter the job, the same candidate at 1 step took {_secs(r['one_step_candidate_s'])} s and at "
+                         f"{STEPS} steps {_secs(r['repeat_candidate_s'])} s (medians of {REPS}): a steady step of "
+                         f"{1000 * step:.1f} ms and a fixed cost per candidate (init, evaluation of the test set, host "
+                         f"work) of {fixed:.2f} s, {100 * fixed / (STEPS * step):.0f}% of its {STEPS} steps; the "
+                         f"evaluation alone (the test set through the forward programs) took {r['eval_s']:.2f} s "
+                         f"({100 * r['eval_s'] / (STEPS * step):.0f}%), the rest {fixed - r['eval_s']:.2f} s "
+                         f"({100 * (fixed - r['eval_s']) / (STEPS * step):.0f}%). "
                          f"{r['flops_per_step'] / 1e9:.2f} GFLOP per step (XLA cost analysis of the forward, x3) "
                          f"against a measured f32 matmul peak of {r['matmul_peak_flops'] / 1e9:.1f} GFLOP/s: "
                          f"{frac:.2f} of peak.")
@@ -172,6 +217,8 @@ def main() -> None:
     ap.add_argument("--timeout", type=float, default=1800.0, help="seconds per process")
     ap.add_argument("--out", default=os.path.join(HERE, "results"))
     ap.add_argument("--name", default="peer_job")
+    ap.add_argument("--jobs", default=",".join(JOBS), help="comma-separated: " + ", ".join(
+        f"{k} ({v})" for k, v in JOBS.items()))
     args = ap.parse_args()
     if args.worker:
         print(json.dumps(_worker(args.worker)))
@@ -181,7 +228,9 @@ def main() -> None:
     machine = _machine()
     results = []
     os.makedirs(args.out, exist_ok=True)
-    for job in ("tpp",):
+    for job in args.jobs.split(","):
+        if job not in JOBS:
+            ap.error(f"unknown job {job!r}; jobs: {', '.join(JOBS)}")
         with tempfile.TemporaryDirectory(prefix="star-jax-cache-") as cache:
             for label in ("cold", "warm"):
                 r = _run(job, cache, args.timeout)

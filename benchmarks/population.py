@@ -76,6 +76,11 @@ def _worker(args) -> dict:
     if args.worker == "sequential" and 0 < args.sequential_sample < args.population:
         n_timed = args.sequential_sample  # time a sample of each generation, extrapolate linearly
     scale = args.population / n_timed
+    extra = {}
+    if args.worker == "sequential":
+        from star_jax.train.many import default_workers
+
+        extra["workers"] = args.workers or default_workers()
     gens = []
     for gen in range(args.generations):
         # Generation 0 is the historical population (seeds 1000..); later ones are new genomes of
@@ -83,7 +88,7 @@ def _worker(args) -> dict:
         genomes = [sj.random_genome(args.n_liv, 1000 + 1000 * gen + s) for s in range(args.population)][:n_timed]
         n_events = len(events)
         t = time.perf_counter()
-        res = train_population(genomes, cfg, task, tc, strategy=args.worker)
+        res = train_population(genomes, cfg, task, tc, strategy=args.worker, **extra)
         wall = time.perf_counter() - t
         cand_steps = sum(m["steps_run"] for m in res.metrics)
         params = [sj.param_count(g, cfg) for g in genomes]
@@ -110,6 +115,7 @@ def _worker(args) -> dict:
             "genomes": [g.to_string() for g in genomes],
             "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0,
             "extrapolated_from": n_timed if scale != 1.0 else None,
+            **extra,
         })
         print("GEN " + json.dumps(gens[-1]), flush=True)  # kept if a later generation times out
     return _summary(args.worker, n_timed if scale != 1.0 else None, gens)
@@ -154,6 +160,8 @@ def main() -> None:
     ap.add_argument("--generations", type=int, default=1,
                     help="train this many populations of new genomes in one process (a strategy that "
                          "compiles once per config pays its compile only in the first)")
+    ap.add_argument("--workers", type=int, default=0,
+                    help="sequential: candidates trained at once (0: train_many's default)")
     ap.add_argument("--timeout", type=float, default=1800.0, help="seconds per strategy subprocess")
     ap.add_argument("--name", default="population")
     ap.add_argument("--report", default=None, metavar="JSON",
@@ -175,7 +183,7 @@ def main() -> None:
     for item in args.strategies.split(","):
         strategy, _, n_gen = item.partition(":")  # "static:1" = one generation for this strategy
         cmd = [sys.executable, os.path.abspath(__file__), "--worker", strategy]
-        for k in ("population", "n_liv", "width", "seq_len", "batch", "steps", "sequential_sample"):
+        for k in ("population", "n_liv", "width", "seq_len", "batch", "steps", "sequential_sample", "workers"):
             cmd += [f"--{k.replace('_', '-')}", str(getattr(args, k))]
         cmd += ["--generations", n_gen or str(args.generations)]
         env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
@@ -234,7 +242,10 @@ def _write_markdown(result: dict, path: str, name: str) -> None:
              f"Measured f32 matmul peak: {peak / 1e9:.1f} GFLOP/s.", "",
              f"Population {cfg['population']} random genomes, {cfg['n_liv']} LIVs, width {cfg['width']}, "
              f"L {cfg['seq_len']}, batch {cfg['batch']}, {cfg['steps']} steps, in_context_recall (vocab 16); "
-             f"generations of new genomes per strategy, each strategy in one process: {gens_text}.", "",
+             f"generations of new genomes per strategy, each strategy in one process: {gens_text}."
+             + (f" Sequential trained {seq['generations'][0]['workers']} candidate"
+                f"{'s' if seq['generations'][0]['workers'] > 1 else ''} at a time (`workers`)."
+                if seq and "workers" in seq["generations"][0] else ""), "",
              "First generation (compile included):", "",
              "| strategy | end to end (s) | compile (s) | init (s) | ms / candidate-step (steady) | "
              "speedup vs sequential | peak RSS (MB) | achieved GFLOP/s | fraction of matmul peak |",

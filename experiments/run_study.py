@@ -109,6 +109,8 @@ def main(argv=None) -> int:
                     help="relative quality slack for 'equal or better than a baseline' (default 0)")
     ap.add_argument("--no-progress", action="store_true", help="no progress bars")
     ap.add_argument("--print-config", action="store_true", help="print the effective config and exit")
+    ap.add_argument("--workers", type=int, help="candidates trained at once (default: 2 on a CPU of 2 or more "
+                                                "cores, 1 on a GPU/TPU); results do not depend on it")
     sl.add_override_args(ap)
     args = ap.parse_args(argv)
 
@@ -119,6 +121,8 @@ def main(argv=None) -> int:
 
         if args.quality_tol < 0:
             raise sl.StudyError(f"--quality-tol must be >= 0, got {args.quality_tol}")
+        if args.workers is not None and args.workers < 1:
+            raise sl.StudyError(f"--workers must be >= 1, got {args.workers}")
         run_dir = pathlib.Path(args.run_dir)
         if not args.report_only:
             if not args.config:
@@ -131,7 +135,7 @@ def main(argv=None) -> int:
             sl.setup_cache()
             t0 = time.perf_counter()
             try:
-                sj.evolve(config, run_dir, progress=not args.no_progress)
+                sj.evolve(config, run_dir, progress=not args.no_progress, workers=args.workers)
             except RunConfigMismatch as e:
                 raise sl.StudyError(f"{e} (a run resumes only with the same config and overrides)") from None
             print(f"evolution: {time.perf_counter() - t0:.1f}s")

@@ -46,6 +46,12 @@ def test_bad_input_one_line_exit_2(args, needle):
     assert needle in lines[0]
 
 
+def test_bad_workers_is_a_usage_error_naming_the_flag():
+    out = star_jax("evolve", "--workers", "0")
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+    assert "argument --workers: expected an integer >= 1" in out.stderr.strip().splitlines()[-1]
+
+
 def test_bad_config_field_and_mismatch(tmp_path):
     bad = tmp_path / "bad.json"
     bad.write_text(json.dumps({"pop_sise": 4}))
@@ -89,7 +95,8 @@ def test_cache_metrics_reject_nonpositive_lengths():
         sj.cache_bytes("1.1.1.1.1-9.1.1.1.1", cfg, bytes_per_elem=0)
 
 
-def _fake_training(genomes, config, task, *, on_candidate=None):
+def _fake_training(genomes, config, task, *, on_candidate=None, workers=None):
+    assert workers is None or workers >= 1  # evolve's workers reaches the default evaluator
     acc = [int(hashlib.sha256(g.to_string().encode()).hexdigest()[:6], 16) % 100 / 100 for g in genomes]
     return [{"train_loss": 1.0, "test_loss": 1.0 - a, "test_accuracy": a, "diverged": False} for a in acc]
 
@@ -157,8 +164,10 @@ def test_evolve_loads_the_written_config_with_overrides_and_extends_the_run(tmp_
     assert json.loads((run / "config.json").read_text()) == want
     assert load_run(run).finished
 
-    # no --config: the run's recorded config; a larger --generations extends it
-    assert _cli_main(monkeypatch, "evolve", "--run-dir", str(run), "--generations", "1", "--no-progress") == 0
+    # no --config: the run's recorded config; a larger --generations extends it (workers is not
+    # part of the config: another value resumes the same run)
+    assert _cli_main(monkeypatch, "evolve", "--run-dir", str(run), "--generations", "1", "--no-progress",
+                     "--workers", "1") == 0
     result = load_run(run)
     assert result.finished and result.generations_done == 2 and result.config.generations == 1
     assert result.config.pop_size == 3 and result.config.train.steps == 5

@@ -72,9 +72,11 @@ def test_mad_score_has_an_overall_bar_over_settings_and_grid(capfd):
     assert sum(line == "training ..." for line in lines) == 4  # each run's own bar, inside the overall one
 
 
-@pytest.mark.parametrize("strategy, unit, total", [("sequential", "candidates", 2), ("static", "candidate-steps", 8)])
-def test_train_population_progress_counts_the_whole_population(task, capfd, strategy, unit, total):
-    sj.train_population(GENOMES, CFG, task, TRAIN, strategy=strategy, progress=True)
+@pytest.mark.parametrize("strategy, unit, total, workers", [("sequential", "candidates", 2, 1),
+                                                            ("sequential", "candidates", 2, 2),
+                                                            ("static", "candidate-steps", 8, None)])
+def test_train_population_progress_counts_the_whole_population(task, capfd, strategy, unit, total, workers):
+    sj.train_population(GENOMES, CFG, task, TRAIN, strategy=strategy, progress=True, workers=workers)
     out, err = capfd.readouterr()
     assert out == ""  # progress used to be printed to stdout
     lines = _lines(err)
@@ -82,9 +84,11 @@ def test_train_population_progress_counts_the_whole_population(task, capfd, stra
     assert lines[0] == f"{title} ..."
     assert re.match(rf"{re.escape(title)}: {total}/{total} done in [\d.]+s", lines[-1]), lines[-1]
     assert lines[1].startswith("compiling"), lines
-    if strategy == "sequential":
+    if workers == 1:
         assert [line for line in lines if line.startswith("candidate ")] == [
             "candidate 1/2: SA-1 > GMemless ...", "candidate 2/2: Rec-1 > GMemless ..."]
+    elif workers == 2:
+        assert "training 2 candidates, 2 at a time ..." in lines
     else:
         assert "training 2 candidates (static) ..." in lines
 

@@ -25,8 +25,8 @@ starts with ``_``, so prefixing a field with ``_`` also switches it off (it take
 
 STRATEGIES = ("auto", "static", "data", "sequential")
 """Population-engine strategies (see ``star_jax.population.train_population``); "auto" picks
-"sequential": candidates one by one through ``star_jax.train``'s part programs, which compile once
-per LIV kind and never again for a new genome (``benchmarks/results/peer_job*.md``). "static"
+"sequential": candidates through ``star_jax.train``'s part programs (several at a time on a CPU, see
+``evolve``'s ``workers``), which compile once per LIV kind and never again for a new genome (``benchmarks/results/peer_job*.md``). "static"
 compiles once per call and "data" once per run, each a whole-population program that takes
 minutes to compile on CPU. On GPU/TPU the choice is not measured yet: ``benchmarks/gpu_check.sh``
 times all three."""
@@ -82,7 +82,7 @@ class EvolveConfig:
         cache_bytes_per_elem: bytes per cache element (2: 16-bit).
         seed: seed of the evolution (initial population, variation); training uses ``train.seed``.
         strategy: population-engine strategy, one of ``STRATEGIES``; used when the engine (and
-            the strategy) is available, otherwise candidates are trained one by one with
+            the strategy) is available, otherwise candidates are trained with
             ``star_jax.train`` (every strategy gives each candidate the metrics of training it
             alone, so results do not depend on it beyond float rounding).
         seed_genomes: genome texts placed first in the initial population (the rest is random).

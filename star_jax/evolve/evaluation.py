@@ -83,7 +83,7 @@ def train_candidates(genomes: Sequence[Genome], config: EvolveConfig, task, *,
         return []
     strategy = config.strategy
     if strategy == "auto":
-        # one by one through the part programs: nothing compiles for a genome of known LIV kinds
+        # through the part programs, several at a time: nothing compiles for a genome of known LIV kinds
         strategy = "sequential"
     if strategy != "sequential":
         if strategy in STRATEGIES:
@@ -97,7 +97,7 @@ def train_candidates(genomes: Sequence[Genome], config: EvolveConfig, task, *,
                 if strategy not in _WARNED:
                     _WARNED.add(strategy)
                     warnings.warn(f"population strategy {strategy!r} is unavailable ({e}); training "
-                                  f"candidates one by one", RuntimeWarning, stacklevel=2)
+                                  f"candidates with star_jax.train", RuntimeWarning, stacklevel=2)
             else:
                 if on_candidate is not None:
                     on_candidate(len(genomes))

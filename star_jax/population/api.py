@@ -78,15 +78,16 @@ def _run_sequential(genomes, cfg, task, train_cfg, init_params, bar, first: int,
     n_compiled = parts.warm_up_genomes(genomes, cfg, task, train_cfg.batch_size)
     bar.log(f"compiled {n_compiled} part program{'s' if n_compiled != 1 else ''} in {time.perf_counter() - t0:.1f}s")
     done = [0]
+    workers = min(workers, len(genomes))
+    if workers > 1:
+        bar.phase(f"training {len(genomes)} candidates, {workers} at a time")
 
     def on_start(c):
-        if workers == 1:
+        if workers == 1:  # called on this thread
             bar.phase(f"candidate {first + c + 1}/{total}: {genomes[c].short()}")
 
     def on_result(c, _):
         done[0] += 1
-        if workers > 1:
-            bar.phase(f"training, {workers} candidates at a time")
         bar.update(completed=first + done[0])
 
     results = train_many(genomes, cfg, task, train_cfg, params=init_params, workers=workers,

@@ -120,3 +120,29 @@ def test_population_and_evolve_evaluator_use_workers(setting, alone):
                            on_candidate=ticks.append, workers=2)
     assert got == [dict(r.metrics) for r in alone]
     assert ticks == [1, 2, 3, 4]
+
+
+def test_evaluation_over_threads_gives_the_same_sums(setting):
+    from star_jax.model import compile_genome
+    from star_jax.train import parts
+    from star_jax.train.step import stack_test_batches
+
+    task, cfg, tc = setting
+    model = parts.PartModel(compile_genome(sj.Genome.from_string(GENOMES[1]), cfg), task.seq_len)
+    vecs = model.init(0)[0]
+    inputs, targets = (list(a) for a in stack_test_batches(task, tc.batch_size))
+    assert len(inputs) == 8
+    want = model.eval_sums(vecs, inputs, targets, threads=1)
+    assert want[2] > 0
+    for threads in (2, 3, 20):
+        np.testing.assert_array_equal(model.eval_sums(vecs, inputs, targets, threads=threads), want)
+
+
+def test_threads_of_train_many_evaluate_on_their_own_thread(monkeypatch):
+    from star_jax.train import threads
+
+    monkeypatch.setenv(WORKERS_ENV, "2")
+    assert threads.eval_threads() == 2
+    with threads.pool_thread():
+        assert threads.eval_threads() == 1
+    assert threads.eval_threads() == 2

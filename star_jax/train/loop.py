@@ -14,6 +14,7 @@ from star_jax.genome import Genome
 from star_jax.model import compile_genome
 from star_jax.model.model import StarModel
 from star_jax.train import parts as P
+from star_jax.train import threads
 from star_jax.train.config import TrainConfig
 from star_jax.train.driver import MAX_CHUNK, TrainState, chunk_plan, drive, is_eval_point  # noqa: F401 (re-exported)
 from star_jax.train.optim import FlatLayout, make_flat_optimizer, make_optimizer
@@ -232,8 +233,10 @@ def _fit_parts_on(model, task, cfg: TrainConfig, params, bar, start_time: float)
         host = jax.device_get(chunk)
         return {key: np.array([m[key] for m in host]) for key in host[0]}
 
+    eval_threads = threads.eval_threads()  # 1 inside train_many's threads, which share the cores already
+
     def evaluate():
-        return tuple(model.eval_sums(vecs, test_inputs, test_targets))
+        return tuple(model.eval_sums(vecs, test_inputs, test_targets, eval_threads))
 
     curve, metrics_out = _run(cfg, bar, run_chunk, evaluate)
     return TrainResult(params=model.to_flax(vecs), metrics=metrics_out, curve=curve, config=cfg,

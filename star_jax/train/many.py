@@ -11,50 +11,14 @@ bit-identical to training it alone (tested).
 from __future__ import annotations
 
 import concurrent.futures
-import os
 from typing import Any, Callable, Sequence
-
-import jax
 
 from star_jax.train.config import TrainConfig
 from star_jax.train.loop import TrainResult, train
 from star_jax.train.parts import warm_up_genomes
+from star_jax.train.threads import WORKERS_ENV, check_workers, default_workers, pool_thread
 
 __all__ = ["WORKERS_ENV", "default_workers", "check_workers", "train_many"]
-
-WORKERS_ENV = "STAR_JAX_WORKERS"
-"""Environment variable that sets the default number of candidates trained at once."""
-
-CPU_WORKERS = 2
-"""Default on a CPU (at most its number of cores): measured on 2 cores; more workers than
-cores gained nothing there (``benchmarks/results/workers.md``)."""
-
-
-def check_workers(workers: Any, where: str = "workers") -> int:
-    """``workers`` as an int >= 1, else a ``ValueError`` that names ``where``."""
-    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
-        raise ValueError(f"{where} must be an integer >= 1 (candidates trained at once), got {workers!r}")
-    return workers
-
-
-def default_workers() -> int:
-    """How many candidates are trained at once when nothing says otherwise.
-
-    ``STAR_JAX_WORKERS`` when set (an integer >= 1); else on a CPU ``min(2, cores)``, and 1 on
-    a GPU or TPU, where training several candidates at once is not measured yet
-    (``benchmarks/gpu_check.sh`` times 1 against 2).
-    """
-    env = os.environ.get(WORKERS_ENV, "").strip()
-    if env:
-        try:
-            value = int(env)
-        except ValueError:
-            value = env
-        return check_workers(value, f"the environment variable {WORKERS_ENV}")
-    if jax.default_backend() != "cpu":
-        return 1
-    return max(1, min(CPU_WORKERS, os.cpu_count() or 1))
-
 
 def _configs(train_cfg, n: int) -> list[TrainConfig]:
     if train_cfg is None or isinstance(train_cfg, TrainConfig):
@@ -115,6 +79,9 @@ def train_many(genomes: Sequence, model_cfg, task, train_cfg: TrainConfig | Sequ
     def run(i: int) -> TrainResult:
         if on_start is not None:
             on_start(i)
+        if workers > 1:
+            with pool_thread():  # the cores are shared already: its evaluation stays on this thread
+                return train(genomes[i], model_cfg, task, cfgs[i], params=given[i], progress=False)
         return train(genomes[i], model_cfg, task, cfgs[i], params=given[i], progress=progress and workers == 1)
 
     results: list[Any] = [None] * len(genomes)

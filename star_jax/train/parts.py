@@ -474,18 +474,38 @@ class PartModel:
         width = max(8, 1 << (n - 1).bit_length())
         return (loss, sums), grads, tuple(sq) + (_ZERO,) * (width - n)
 
-    def eval_sums(self, vecs, inputs, targets):
+    def eval_sums(self, vecs, inputs, targets, threads: int = 1):
         """Summed loss and counts over batches (sequences of [B, L] arrays), with the training
-        forward programs (B is the training batch size, so nothing new is compiled)."""
-        outs, hold = [], []
-        for b in range(len(inputs)):
-            xs, stash, x = self._forward(vecs, inputs[b])
-            hold.append((xs, stash, x))
-            outs.append(self.progs[-1].fwd(vecs[-1], x, targets[b]))
+        forward programs (B is the training batch size, so nothing new is compiled).
+
+        ``threads`` > 1 spreads the batches over that many host threads (batch ``b`` on thread
+        ``b % threads``): on a CPU one chain of small programs leaves cores idle (the 1,280
+        test sequences of in-context recall through an 8-LIV Transformer++ took 0.40 s on 2
+        threads against 0.53-0.62 s on one, 2-core CPU). The sums are taken in batch order, so
+        the result does not depend on ``threads``.
+        """
+        n = len(inputs)
+
+        def run(first: int) -> list:
+            outs, hold = [], []
+            for b in range(first, n, threads):
+                xs, stash, x = self._forward(vecs, inputs[b])
+                hold.append((xs, stash, x))
+                outs.append(self.progs[-1].fwd(vecs[-1], x, targets[b]))
+            jax.block_until_ready(outs)
+            del hold  # all done now: releasing them does not block
+            return outs
+
+        threads = max(1, min(int(threads), n))
+        if threads == 1:
+            per_batch = run(0)
+        else:
+            with concurrent.futures.ThreadPoolExecutor(threads, thread_name_prefix="star_jax-eval") as pool:
+                parts = list(pool.map(run, range(threads)))
+            per_batch = [parts[b % threads][b // threads] for b in range(n)]
         total = np.zeros(3, np.float64)
-        for loss_sum, n_correct, n_counted in jax.device_get(outs):
+        for loss_sum, n_correct, n_counted in jax.device_get(per_batch):
             total += (float(loss_sum), int(n_correct), int(n_counted))
-        del hold  # all done now: releasing them does not block
         return total
 
 

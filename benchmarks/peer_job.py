@@ -129,10 +129,13 @@ def _worker(job: str) -> dict:
     from star_jax.train.step import stack_test_batches
 
     test_inputs, test_targets = (jax.device_put(list(a)) for a in stack_test_batches(task, BATCH))
+    from star_jax.train.threads import eval_threads
+
+    out["eval_threads"] = eval_threads()
     evals = []
     for _ in range(REPS):
         t0 = time.perf_counter()
-        model.eval_sums(vecs, test_inputs, test_targets)
+        model.eval_sums(vecs, test_inputs, test_targets, out["eval_threads"])
         evals.append(time.perf_counter() - t0)
     out["eval_s"] = statistics.median(evals)
     out["flops_per_step"] = _flops_per_step(genome, cfg)
@@ -201,7 +204,8 @@ def _markdown(results: list[dict], machine: dict) -> str:
                          f"{STEPS} steps {_secs(r['repeat_candidate_s'])} s (medians of {REPS}): a steady step of "
                          f"{1000 * step:.1f} ms and a fixed cost per candidate (init, evaluation of the test set, host "
                          f"work) of {fixed:.2f} s, {100 * fixed / (STEPS * step):.0f}% of its {STEPS} steps; the "
-                         f"evaluation alone (the test set through the forward programs) took {r['eval_s']:.2f} s "
+                         f"evaluation alone (the test set through the forward programs, on {r.get('eval_threads', 1)} "
+                         f"thread{'s' if r.get('eval_threads', 1) > 1 else ''}) took {r['eval_s']:.2f} s "
                          f"({100 * r['eval_s'] / (STEPS * step):.0f}%), the rest {fixed - r['eval_s']:.2f} s "
                          f"({100 * (fixed - r['eval_s']) / (STEPS * step):.0f}%). "
                          f"{r['flops_per_step'] / 1e9:.2f} GFLOP per step (XLA cost analysis of the forward, x3) "

@@ -146,3 +146,15 @@ def test_threads_of_train_many_evaluate_on_their_own_thread(monkeypatch):
     with threads.pool_thread():
         assert threads.eval_threads() == 1
     assert threads.eval_threads() == 2
+
+
+def test_one_train_config_per_genome(setting):
+    task, cfg, tc = setting
+    cfgs = [tc.replace(seed=5), tc.replace(seed=6, lr=3e-3)]
+    got = train_many([GENOMES[0]] * 2, cfg, task, cfgs, workers=2)
+    for r, c in zip(got, cfgs):
+        _assert_identical(r, sj.train(GENOMES[0], cfg, task, c, progress=False))
+    with pytest.raises(ValueError, match="a sequence of 2 of them"):
+        train_many(GENOMES[:2], cfg, task, cfgs[:1])
+    with pytest.raises(ValueError, match="share a batch size"):
+        train_many(GENOMES[:2], cfg, task, [tc, tc.replace(batch_size=8)])

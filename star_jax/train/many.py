@@ -3,8 +3,9 @@
 A candidate's training step is a chain of small part programs (``star_jax.train.parts``). On a
 CPU one such program keeps the cores only partly busy (a lone 8-LIV Transformer++ gradient ran
 1.36x faster on two cores than on one), so training two candidates at once on two host threads
-gets more done per second: 1.45x for random 8-LIV genomes and 1.17x for Transformer++ on a
-2-core CPU (``benchmarks/results/workers.md``). XLA runs the programs outside Python's lock, and
+gets more done per second: 1.39x for random 8-LIV genomes and 1.26x for Transformer++ on a
+2-core CPU (``benchmarks/results/workers.md``). A lone candidate's evaluation spreads its test
+batches over threads the same way (``parts.PartModel.eval_sums``). XLA runs the programs outside Python's lock, and
 every candidate keeps its own parameters, batches and programs' inputs, so each result is
 bit-identical to training it alone (tested).
 """
@@ -19,6 +20,7 @@ from star_jax.train.parts import warm_up_genomes
 from star_jax.train.threads import WORKERS_ENV, check_workers, default_workers, pool_thread
 
 __all__ = ["WORKERS_ENV", "default_workers", "check_workers", "train_many"]
+
 
 def _configs(train_cfg, n: int) -> list[TrainConfig]:
     if train_cfg is None or isinstance(train_cfg, TrainConfig):

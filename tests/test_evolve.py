@@ -351,3 +351,17 @@ def test_each_generation_line_has_an_eta(tmp_path, capsys):
     assert lines[0].startswith("generation 0/2: ") and "ETA 0:00:0" in lines[0]
     assert lines[0].endswith("for 2 more generations") and lines[1].endswith("for 1 more generation")
     assert lines[2].startswith("generation 2/2: ") and lines[2].endswith(", done")
+
+
+def test_a_real_run_is_the_same_with_one_or_two_workers(tmp_path):
+    """Candidates trained two at a time give the very records of one at a time."""
+    config = EvolveConfig.quick(
+        n_liv=2, pop_size=4, generations=1, baselines=False, strategy="sequential", seed=5,
+        model={"width": 16, "vocab_size": 16, "max_len": 15, "head_dim": 8, "window": 8},
+        task={"name": "in_context_recall", "vocab_size": 16, "seq_len": 16, "num_train": 64, "num_test": 32},
+        train={"steps": 3, "batch_size": 4, "warmup_steps": 1, "eval_batch_size": 32, "lr": 1e-3})
+    evolve(config, tmp_path / "one", progress=False, workers=1)
+    evolve(config, tmp_path / "two", progress=False, workers=2)
+    one = (tmp_path / "one" / "evaluations.jsonl").read_text()
+    assert one.count("\n") >= 5
+    assert one == (tmp_path / "two" / "evaluations.jsonl").read_text()

@@ -479,3 +479,15 @@ def test_perplexity_and_bits_per_byte():
                                rtol=1e-6)
     np.testing.assert_allclose(np.asarray(tasks.bits_per_byte(jnp.asarray(math.log(2.0)))), 1.0,
                                rtol=1e-6)
+
+
+def test_stream_keys_are_the_eager_keys_in_one_program():
+    import jax
+    import numpy as np
+
+    from star_jax.tasks.base import _stream_key
+
+    for seed in (0, 1, 12345, 2**31 - 1, 2**31, 2**32 - 1):
+        for stream in (0, 1, 2):
+            eager = jax.random.fold_in(jax.random.key(seed), stream)
+            np.testing.assert_array_equal(jax.random.key_data(_stream_key(seed, stream)), jax.random.key_data(eager))

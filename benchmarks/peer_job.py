@@ -132,12 +132,14 @@ def _worker(job: str) -> dict:
     from star_jax.train.threads import eval_threads
 
     out["eval_threads"] = eval_threads()
-    evals = []
+    evals, evals_one = [], []  # on sj.train's threads, and on one thread (alternated)
     for _ in range(REPS):
-        t0 = time.perf_counter()
-        model.eval_sums(vecs, test_inputs, test_targets, out["eval_threads"])
-        evals.append(time.perf_counter() - t0)
+        for threads, times in ((out["eval_threads"], evals), (1, evals_one)):
+            t0 = time.perf_counter()
+            model.eval_sums(vecs, test_inputs, test_targets, threads)
+            times.append(time.perf_counter() - t0)
     out["eval_s"] = statistics.median(evals)
+    out["eval_one_thread_s"] = statistics.median(evals_one)
     out["flops_per_step"] = _flops_per_step(genome, cfg)
     from population import _matmul_peak
 
@@ -207,8 +209,10 @@ def _markdown(results: list[dict], machine: dict) -> str:
                          f"evaluation alone (the test set through the forward programs, on {r.get('eval_threads', 1)} "
                          f"thread{'s' if r.get('eval_threads', 1) > 1 else ''}) took {r['eval_s']:.2f} s "
                          f"({100 * r['eval_s'] / (STEPS * step):.0f}%), the rest {fixed - r['eval_s']:.2f} s "
-                         f"({100 * (fixed - r['eval_s']) / (STEPS * step):.0f}%). "
-                         f"{r['flops_per_step'] / 1e9:.2f} GFLOP per step (XLA cost analysis of the forward, x3) "
+                         f"({100 * (fixed - r['eval_s']) / (STEPS * step):.0f}%)"
+                         + (f"; on one thread the evaluation took {r['eval_one_thread_s']:.2f} s. "
+                            if "eval_one_thread_s" in r else ". ")
+                         + f"{r['flops_per_step'] / 1e9:.2f} GFLOP per step (XLA cost analysis of the forward, x3) "
                          f"against a measured f32 matmul peak of {r['matmul_peak_flops'] / 1e9:.1f} GFLOP/s: "
                          f"{frac:.2f} of peak.")
         lines.append("")

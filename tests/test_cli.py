@@ -52,6 +52,16 @@ def test_bad_workers_is_a_usage_error_naming_the_flag():
     assert "argument --workers: expected an integer >= 1" in out.stderr.strip().splitlines()[-1]
 
 
+def test_a_bad_workers_environment_variable_is_one_line_and_writes_nothing(tmp_path, monkeypatch):
+    monkeypatch.setenv("STAR_JAX_WORKERS", "two")
+    out = star_jax("evolve", "--run-dir", str(tmp_path / "run"), "--generations", "0", "--no-progress")
+    assert out.returncode == 2, out.stderr
+    assert out.stderr.strip().splitlines() == [
+        "star-jax evolve: error: the environment variable STAR_JAX_WORKERS must be an integer >= 1 "
+        "(candidates trained at once), got 'two'"]
+    assert not (tmp_path / "run").exists()
+
+
 def test_bad_config_field_and_mismatch(tmp_path):
     bad = tmp_path / "bad.json"
     bad.write_text(json.dumps({"pop_sise": 4}))

@@ -23,7 +23,7 @@ from star_jax.evolve.runstate import (BASELINES_FILE, EXTENSIONS_FILE, EvolveRes
                                       adopt_reevaluate_seeds, complete_config, extend_run, load_run)
 from star_jax.genome import Genome, flat_operators, random_genome
 from star_jax.io import MetricLogger, RunDir
-from star_jax.train.many import check_workers
+from star_jax.train.threads import check_workers, default_workers
 
 __all__ = ["EvolveResult", "evolve", "load_run", "train_candidates", "baseline_genomes", "pareto_front",
            "record_failure", "RUN_FORMAT", "Candidate", "EvalRecord", "RunState"]
@@ -107,7 +107,9 @@ def evolve(config: EvolveConfig, run_dir, *, progress: bool = True, evaluator: E
     if not isinstance(config, EvolveConfig):
         raise TypeError(f"config must be an EvolveConfig, got {type(config).__name__}")
     enable_compilation_cache()  # off with STAR_JAX_CACHE_DIR=off
-    if workers is not None:
+    if workers is None:
+        default_workers()  # a bad STAR_JAX_WORKERS is an error now, before the run directory is touched
+    else:
         check_workers(workers)
         if evaluator is not None:
             raise ValueError("workers applies to the default evaluator; a custom evaluator sets its own")

@@ -13,7 +13,6 @@ from star_jax.train.config import TrainConfig
 from star_jax.train.many import check_workers, default_workers, train_many
 from star_jax.train.optim import FlatLayout, make_flat_optimizer
 from star_jax.train.progress import progress_bar
-from star_jax.train import parts
 from star_jax.train.loop import chunk_plan
 from star_jax.train.step import batch_keys
 
@@ -73,14 +72,14 @@ def _run_sequential(genomes, cfg, task, train_cfg, init_params, bar, first: int,
     """Candidates through ``train_many`` (``workers`` at a time); ``bar`` counts candidates
     (``first`` done before this chunk)."""
     t0 = time.perf_counter()
-    workers = default_workers() if workers is None else workers
+    workers = min(default_workers() if workers is None else workers, len(genomes))
     bar.phase(f"compiling the new part programs of {len(genomes)} genomes")
-    n_compiled = parts.warm_up_genomes(genomes, cfg, task, train_cfg.batch_size)
-    bar.log(f"compiled {n_compiled} part program{'s' if n_compiled != 1 else ''} in {time.perf_counter() - t0:.1f}s")
     done = [0]
-    workers = min(workers, len(genomes))
-    if workers > 1:
-        bar.phase(f"training {len(genomes)} candidates, {workers} at a time")
+
+    def on_compiled(n_compiled, seconds):
+        bar.log(f"compiled {n_compiled} part program{'s' if n_compiled != 1 else ''} in {seconds:.1f}s")
+        if workers > 1:
+            bar.phase(f"training {len(genomes)} candidates, {workers} at a time")
 
     def on_start(c):
         if workers == 1:  # called on this thread
@@ -91,7 +90,7 @@ def _run_sequential(genomes, cfg, task, train_cfg, init_params, bar, first: int,
         bar.update(completed=first + done[0])
 
     results = train_many(genomes, cfg, task, train_cfg, params=init_params, workers=workers,
-                         on_result=on_result, on_start=on_start, progress=progress)
+                         on_result=on_result, on_start=on_start, on_compiled=on_compiled, progress=progress)
     return ([r.metrics for r in results], [r.curve for r in results], [r.params for r in results], 0,
             {"train": time.perf_counter() - t0})
 

@@ -1,9 +1,8 @@
 """Training many genomes, each exactly as ``star_jax.train`` trains it alone, several at a time.
 
 A candidate's training step is a chain of small part programs (``star_jax.train.parts``). On a
-CPU one such program keeps the cores only partly busy (a lone 8-LIV Transformer++ gradient ran
-1.36x faster on two cores than on one), so training two candidates at once on two host threads
-gets more done per second: 1.39x for random 8-LIV genomes and 1.26x for Transformer++ on a
+CPU one such program keeps the cores only partly busy, so training two candidates at once on two
+host threads gets more done per second: 1.39x for random 8-LIV genomes and 1.26x for Transformer++ on a
 2-core CPU (``benchmarks/results/workers.md``). A lone candidate's evaluation spreads its test
 batches over threads the same way (``parts.PartModel.eval_sums``). XLA runs the programs outside Python's lock, and
 every candidate keeps its own parameters, batches and programs' inputs, so each result is
@@ -12,6 +11,7 @@ bit-identical to training it alone (tested).
 from __future__ import annotations
 
 import concurrent.futures
+import time
 from typing import Any, Callable, Sequence
 
 from star_jax.train.config import TrainConfig
@@ -37,7 +37,8 @@ def _configs(train_cfg, n: int) -> list[TrainConfig]:
 def train_many(genomes: Sequence, model_cfg, task, train_cfg: TrainConfig | Sequence[TrainConfig] | None = None, *,
                params: Sequence[Any] | None = None, workers: int | None = None,
                on_result: Callable[[int, TrainResult], None] | None = None,
-               on_start: Callable[[int], None] | None = None, progress: bool = False) -> list[TrainResult]:
+               on_start: Callable[[int], None] | None = None,
+               on_compiled: Callable[[int, float], None] | None = None, progress: bool = False) -> list[TrainResult]:
     """``[star_jax.train(g, model_cfg, task, c, params=p) for g, c, p in ...]``, with up to
     ``workers`` candidates in training at once.
 
@@ -57,6 +58,8 @@ def train_many(genomes: Sequence, model_cfg, task, train_cfg: TrainConfig | Sequ
             and result (in finishing order).
         on_start: called with a candidate's index when it starts (from the thread that trains
             it).
+        on_compiled: called once the new part kinds are compiled, with their number and the
+            seconds it took.
         progress: each candidate's own progress bar, when they are trained one at a time.
 
     Returns:
@@ -73,7 +76,10 @@ def train_many(genomes: Sequence, model_cfg, task, train_cfg: TrainConfig | Sequ
     if not genomes:
         return []
     cfgs = _configs(train_cfg, len(genomes))
-    warm_up_genomes(genomes, model_cfg, task, cfgs[0].batch_size)  # new LIV kinds, side by side
+    t0 = time.perf_counter()
+    n_compiled = warm_up_genomes(genomes, model_cfg, task, cfgs[0].batch_size)  # new LIV kinds, side by side
+    if on_compiled is not None:
+        on_compiled(n_compiled, time.perf_counter() - t0)
     given = [None] * len(genomes) if params is None else list(params)
 
     workers = min(workers, len(genomes))

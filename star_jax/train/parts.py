@@ -480,11 +480,12 @@ class PartModel:
 
         ``threads`` > 1 spreads the batches over that many host threads (batch ``b`` on thread
         ``b % threads``): on a CPU one chain of small programs leaves cores idle (the 1,280
-        test sequences of in-context recall through an 8-LIV Transformer++ took 0.40 s on 2
-        threads against 0.53-0.62 s on one, 2-core CPU). The sums are taken in batch order, so
+        test sequences of in-context recall through an 8-LIV Transformer++ took 0.49-0.56 s on
+        2 threads against 0.67-0.73 s on one, 2-core CPU, ``benchmarks/results/peer_job.md``). The sums are taken in batch order, so
         the result does not depend on ``threads``.
         """
         n = len(inputs)
+        threads = max(1, min(int(threads), n))
 
         def run(first: int) -> list:
             outs, hold = [], []
@@ -496,7 +497,6 @@ class PartModel:
             del hold  # all done now: releasing them does not block
             return outs
 
-        threads = max(1, min(int(threads), n))
         if threads == 1:
             per_batch = run(0)
         else:

@@ -14,6 +14,8 @@ from typing import Any, Iterator
 
 import jax
 
+from star_jax._util.validate import ConfigError
+
 __all__ = ["WORKERS_ENV", "CPU_WORKERS", "check_workers", "default_workers", "pool_thread", "eval_threads"]
 
 WORKERS_ENV = "STAR_JAX_WORKERS"
@@ -25,9 +27,9 @@ cores gained nothing there (``benchmarks/results/workers.md``)."""
 
 
 def check_workers(workers: Any, where: str = "workers") -> int:
-    """``workers`` as an int >= 1, else a ``ValueError`` that names ``where``."""
+    """``workers`` as an int >= 1, else a ``ConfigError`` (a ``ValueError``) that names ``where``."""
     if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
-        raise ValueError(f"{where} must be an integer >= 1 (candidates trained at once), got {workers!r}")
+        raise ConfigError(f"{where} must be an integer >= 1 (candidates trained at once), got {workers!r}")
     return workers
 
 

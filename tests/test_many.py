@@ -122,6 +122,56 @@ def test_population_and_evolve_evaluator_use_workers(setting, alone):
     assert ticks == [1, 2, 3, 4]
 
 
+def test_mad_score_is_the_same_with_any_number_of_workers(setting):
+    task, cfg, _ = setting
+    other = tasks.make("in_context_recall", vocab_size=16, seq_len=16, num_train=64, num_test=16, seed=7)
+    kw = dict(settings=[task, other], lrs=(3e-3, 1e-3), weight_decays=(0.0, 0.1), steps=4, batch_size=4,
+              eval_batch_size=16, progress=False)
+    one = sj.mad.score(GENOMES[2], cfg, workers=1, **kw)
+    assert sj.mad.score(GENOMES[2], cfg, workers=3, **kw).to_dict() == one.to_dict()
+    # a grid point is the run star_jax.train gives alone
+    point = one.settings[1].grid[3]
+    alone = sj.train(GENOMES[2], cfg, other, steps=4, batch_size=4, lr=1e-3, weight_decay=0.1, warmup_steps=0,
+                     min_lr_ratio=1e-6 / 1e-3, clip_norm=None, b2=0.999, eval_every=0, eval_batch_size=16,
+                     progress=False)
+    assert (point.lr, point.weight_decay, point.test_accuracy, point.test_loss) == (
+        1e-3, 0.1, alone.metrics["test_accuracy"], alone.metrics["test_loss"])
+    with pytest.raises(ValueError, match="workers must be an integer >= 1"):
+        sj.mad.score(GENOMES[2], cfg, workers=0, **kw)
+
+
+def test_several_training_seeds_train_in_one_call_with_the_per_seed_results(setting, monkeypatch):
+    from star_jax.evolve import evaluation
+    from star_jax.evolve.records import Candidate
+
+    task, cfg, tc = setting
+    config = EvolveConfig(model=cfg, train=tc, n_liv=3, pop_size=4, strategy="sequential", train_seeds=2)
+    candidates = [Candidate.of(sj.Genome.from_string(g), 0) for g in GENOMES[:3]]
+    calls = []
+    real = evaluation.train_many
+
+    def counting(genomes, *args, **kwargs):
+        calls.append(len(genomes))
+        return real(genomes, *args, **kwargs)
+
+    monkeypatch.setattr(evaluation, "train_many", counting)
+    ticks = []
+    flat = evaluation.evaluate(candidates, config, task, train_candidates, on_candidate=ticks.append)
+    assert calls == [6] and ticks == [0, 1, 1, 2, 2, 3]  # 3 genomes x 2 seeds in one call
+
+    def per_seed(genomes, config, task, on_candidate=None):  # no seeds keyword: called once per seed
+        return train_candidates(genomes, config, task, on_candidate=on_candidate, workers=1)
+
+    calls.clear()
+    assert evaluation.evaluate(candidates, config, task, per_seed) == flat
+    assert calls == [3, 3]
+    # the seeds are train.seed and train.seed + 1, each run the one sj.train gives alone
+    for c, rec in zip(candidates, flat):
+        accs = [sj.train(c.to_genome(), cfg, task, tc.replace(seed=s), progress=False).metrics["test_accuracy"]
+                for s in (tc.seed, tc.seed + 1)]
+        assert rec.seed_test_accuracy == tuple(accs)
+
+
 def test_evaluation_over_threads_gives_the_same_sums(setting):
     from star_jax.model import compile_genome
     from star_jax.train import parts

@@ -56,7 +56,7 @@ def test_progress_off_prints_nothing(task, capfd):
 def test_mad_score_has_an_overall_bar_over_settings_and_grid(capfd):
     settings = [("in_context_recall", TASK_FIELDS), ("in_context_recall", {**TASK_FIELDS, "num_test": 8})]
     result = mad.score(GENOMES[0], CFG, settings=settings, lrs=(1e-3, 5e-4), weight_decays=(0.0,), steps=2,
-                       batch_size=4, eval_batch_size=16, progress=True)
+                       batch_size=4, eval_batch_size=16, progress=True, workers=1)
     out, err = capfd.readouterr()
     assert out == ""
     lines = _lines(err)
@@ -70,6 +70,23 @@ def test_mad_score_has_an_overall_bar_over_settings_and_grid(capfd):
     assert accuracy == pytest.approx(result.settings[0].grid[0].test_accuracy, abs=5e-5)
     assert re.match(r"MAD score: 4 runs: 4/4 done in [\d.]+s", lines[-1]), lines[-1]
     assert sum(line == "training ..." for line in lines) == 4  # each run's own bar, inside the overall one
+
+
+def test_mad_score_with_two_workers_names_each_setting_and_every_finished_run(capfd):
+    settings = [("in_context_recall", TASK_FIELDS), ("in_context_recall", {**TASK_FIELDS, "num_test": 8})]
+    result = mad.score(GENOMES[0], CFG, settings=settings, lrs=(1e-3, 5e-4), weight_decays=(0.0,), steps=2,
+                       batch_size=4, eval_batch_size=16, progress=True, workers=2)
+    lines = _lines(capfd.readouterr().err)
+    names = [s.name for s in result.settings]
+    assert [line for line in lines if line.startswith("MAD runs ")] == [
+        f"MAD runs 1-2/4: {names[0]}, 2 at a time ...", f"MAD runs 3-4/4: {names[1]}, 2 at a time ..."]
+    finished = [line.split(": test accuracy")[0] for line in lines if ": test accuracy" in line]
+    # numbered as they finish; within a setting the two runs may finish in either order
+    assert [f.split(": ", 1)[0] for f in finished] == [f"MAD run {k}/4" for k in range(1, 5)]
+    assert sorted(f.split(": ", 1)[1] for f in finished[:2]) == [f"{names[0]} lr=0.0005 wd=0",
+                                                                 f"{names[0]} lr=0.001 wd=0"]
+    assert not any(line == "training ..." for line in lines)  # no per-run bars while runs overlap
+    assert re.match(r"MAD score: 4 runs: 4/4 done in [\d.]+s", lines[-1]), lines[-1]
 
 
 @pytest.mark.parametrize("strategy, unit, total, workers", [("sequential", "candidates", 2, 1),

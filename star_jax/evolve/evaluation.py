@@ -2,6 +2,7 @@
 and the scores of records (objective matrix, Pareto front, hypervolume) the loop and reports share."""
 from __future__ import annotations
 
+import inspect
 import math
 import warnings
 from typing import Callable, Mapping, Sequence
@@ -28,7 +29,12 @@ __all__ = ["Evaluator", "train_candidates", "evaluate", "record_failure", "basel
 Evaluator = Callable[..., list]
 """``evaluator(genomes, config, task, *, on_candidate=None) -> [metrics dict per genome]`` with the
 keys of ``star_jax.train``'s final metrics (``train_loss``, ``test_loss``, ``test_accuracy``,
-``diverged``, ...). It must be deterministic per genome."""
+``diverged``, ...). It must be deterministic per genome.
+
+With ``config.train_seeds > 1`` it is called once per training seed. An evaluator that also takes
+a ``seeds`` keyword (as ``train_candidates`` does) is called once for all of them instead:
+``evaluator(genomes, config, task, on_candidate=..., seeds=[s0, s1, ...])`` returns one such list
+per seed, each as if called with ``config.train.seed`` set to that seed."""
 
 
 # ---------------------------------------------------------------------------------- genomes
@@ -59,7 +65,8 @@ _WARNED: set = set()
 
 
 def train_candidates(genomes: Sequence[Genome], config: EvolveConfig, task, *,
-                     on_candidate: Callable[[int], None] | None = None, workers: int | None = None) -> list[dict]:
+                     on_candidate: Callable[[int], None] | None = None, workers: int | None = None,
+                     seeds: Sequence[int] | None = None) -> list:
     """The default evaluator: trains genomes with the population engine in one call, or with
     ``star_jax.train`` per genome, several at a time (``star_jax.train.many.train_many``).
 
@@ -72,13 +79,21 @@ def train_candidates(genomes: Sequence[Genome], config: EvolveConfig, task, *,
         genomes: the genomes to train.
         config: the run config (model, train and strategy are used).
         task: the fitness task.
-        on_candidate: called with the number of candidates done so far, as they finish.
+        on_candidate: called with the number of candidates done so far, as they finish (with
+            ``seeds``: runs done so far divided by the number of seeds, rounded down).
         workers: ``"sequential"``: candidates in training at once (default
             ``star_jax.train.many.default_workers()``); results do not depend on it.
+        seeds: train every genome with each of these training seeds (instead of
+            ``config.train.seed``). ``"sequential"`` trains all the (seed, genome) runs in one
+            ``train_many`` call, so its workers stay busy from one seed to the next.
 
     Returns:
-        One metrics dict per genome (``star_jax.train`` final metrics).
+        One metrics dict per genome (``star_jax.train`` final metrics); with ``seeds``, one such
+        list per seed.
     """
+    if seeds is not None:
+        seeds = [int(s) for s in seeds]
+        return _train_seeds(list(genomes), config, task, seeds, on_candidate, workers)
     if not genomes:
         return []
     strategy = config.strategy
@@ -113,22 +128,61 @@ def train_candidates(genomes: Sequence[Genome], config: EvolveConfig, task, *,
     return [dict(r.metrics) for r in results]
 
 
+def _train_seeds(genomes: list, config: EvolveConfig, task, seeds: list[int], on_candidate, workers) -> list:
+    """``train_candidates`` over several training seeds: one list of metrics per seed."""
+    if not genomes or not seeds:
+        return [[] for _ in seeds]
+    n, r = len(genomes), len(seeds)
+    if config.strategy not in ("auto", "sequential"):  # a population strategy: one call per seed
+        out = []
+        for i, seed in enumerate(seeds):
+            tick = None if on_candidate is None else (lambda k, i=i: on_candidate((i * n + k) // r))
+            out.append(train_candidates(genomes, config.replace(train=config.train.replace(seed=seed)), task,
+                                        on_candidate=tick, workers=workers))
+        return out
+    done = [0]
+
+    def tick(_i, _result):
+        done[0] += 1
+        if on_candidate is not None:
+            on_candidate(done[0] // r)
+
+    cfgs = [config.train.replace(seed=seed) for seed in seeds for _ in genomes]
+    results = train_many(list(genomes) * r, config.model, task, cfgs, workers=workers, on_result=tick)
+    return [[dict(res.metrics) for res in results[i * n:(i + 1) * n]] for i in range(r)]
+
+
+def _takes_seeds(evaluator) -> bool:
+    try:
+        return "seeds" in inspect.signature(evaluator).parameters
+    except (TypeError, ValueError):  # no signature to read
+        return False
+
+
 _MEAN_KEYS = ("train_loss", "test_loss", "test_accuracy")
 
 
 def _train_over_seeds(genomes: Sequence[Genome], config: EvolveConfig, task, evaluator: Evaluator,
                       on_candidate=None) -> list[dict]:
-    """Metrics of each genome over ``config.train_seeds`` training seeds (one evaluator call per
-    seed): losses and accuracy averaged, ``diverged`` if any seed diverged, and the per-seed
+    """Metrics of each genome over ``config.train_seeds`` training seeds (seeds ``train.seed``,
+    ``train.seed + 1``, ...; one evaluator call for all of them when it takes ``seeds``, else one
+    per seed): losses and accuracy averaged, ``diverged`` if any seed diverged, and the per-seed
     accuracies (``seed_test_accuracy``) with their sd (``test_accuracy_sd``) recorded."""
     r = config.train_seeds
     if r == 1:
         return list(evaluator(genomes, config, task, on_candidate=on_candidate))
-    runs = []
-    for i in range(r):
-        cfg = config.replace(train=config.train.replace(seed=config.train.seed + i))
-        tick = None if on_candidate is None else (lambda k, i=i: on_candidate((i * len(genomes) + k) // r))
-        runs.append(list(evaluator(genomes, cfg, task, on_candidate=tick)))
+    seeds = [config.train.seed + i for i in range(r)]
+    if _takes_seeds(evaluator):
+        runs = [list(run) for run in evaluator(genomes, config, task, on_candidate=on_candidate, seeds=seeds)]
+        if len(runs) != r or any(len(run) != len(genomes) for run in runs):
+            raise ValueError(f"the evaluator returned {[len(run) for run in runs]} results for {r} seeds of "
+                             f"{len(genomes)} genomes")
+    else:
+        runs = []
+        for i, seed in enumerate(seeds):
+            cfg = config.replace(train=config.train.replace(seed=seed))
+            tick = None if on_candidate is None else (lambda k, i=i: on_candidate((i * len(genomes) + k) // r))
+            runs.append(list(evaluator(genomes, cfg, task, on_candidate=tick)))
     out = []
     for j in range(len(genomes)):
         per_seed = [run[j] for run in runs]

@@ -7,10 +7,12 @@ import math
 from typing import Any, Iterable, Sequence
 
 from star_jax import tasks
-from star_jax.model import ModelConfig, build_model
+from star_jax.genome import Genome
+from star_jax.model import ModelConfig
 from star_jax.train.config import TrainConfig
-from star_jax.train.loop import fit
+from star_jax.train.many import train_many
 from star_jax.train.progress import progress_bar
+from star_jax.train.threads import check_workers, default_workers
 
 MAD_LRS = (1e-4, 5e-4, 1e-3)
 MAD_WEIGHT_DECAYS = (0.0, 0.1)
@@ -135,6 +137,7 @@ def score(
     seed: int = 0,
     train_overrides: dict[str, Any] | None = None,
     progress: bool = True,
+    workers: int | None = None,
 ) -> MadScore:
     """Score a genome with the MAD protocol (Poli et al. 2024), at a budget of your choice.
 
@@ -170,7 +173,10 @@ def score(
         train_overrides: other ``TrainConfig`` fields (e.g. ``{"clip_norm": 1.0}``).
         progress: show, on stderr, an overall bar over the ``settings x lrs x weight_decays``
             runs (its text names the run in progress), the bar of that run (compiling, then
-            training), and one line per finished run.
+            training; with one worker), and one line per finished run.
+        workers: grid points of a setting in training at once (``star_jax.train.many.train_many``;
+            default ``star_jax.train.many.default_workers()``, 2 on a CPU of 2 or more cores). The
+            result does not depend on it: every run is the one ``star_jax.train`` gives alone.
 
     Returns:
         A ``MadScore``.
@@ -181,47 +187,58 @@ def score(
     if not lrs or not weight_decays:
         raise ValueError(f"the grid is empty: lrs={tuple(lrs)}, weight_decays={tuple(weight_decays)}")
     overrides = dict(train_overrides or {})
+    workers = default_workers() if workers is None else check_workers(workers)
+    genome = Genome.from_string(genome) if isinstance(genome, str) else genome
     results = []
     n_runs = len(settings) * len(lrs) * len(weight_decays)
-    done = 0
+    done = [0]
     with progress_bar(f"MAD score: {n_runs} runs", n_runs, enabled=progress) as overall:
         for setting in settings:
             name, task_name, task = _resolve_setting(setting)
-            model = build_model(genome, _model_config_for(model_cfg, task))
+            setting_cfg = _model_config_for(model_cfg, task)
             run_steps = mad_steps(task.num_train, batch_size) if steps is None else int(steps)
-            grid = []
-            for lr in lrs:
-                for wd in weight_decays:
-                    cfg = TrainConfig.from_dict({
-                        "steps": run_steps,
-                        "batch_size": batch_size,
-                        "lr": float(lr),
-                        "weight_decay": float(wd),
-                        "warmup_steps": 0,
-                        "min_lr_ratio": min(1.0, MAD_MIN_LR / float(lr)),
-                        "clip_norm": None,
-                        "b1": 0.9,
-                        "b2": 0.999,
-                        "eval_every": 0,
-                        "eval_batch_size": eval_batch_size,
-                        "seed": seed,
-                        **overrides,
-                    })
-                    run = f"{name} lr={lr:g} wd={wd:g}"
-                    overall.phase(f"MAD run {done + 1}/{n_runs}: {run}")
-                    result = fit(model, task, cfg, progress=progress)
-                    done += 1
-                    overall.update(completed=done)
-                    overall.log(f"MAD run {done}/{n_runs}: {run}: test accuracy "
-                                f"{result.metrics['test_accuracy']:.4f}"
-                                + (" (diverged)" if result.metrics["diverged"] else ""))
-                    grid.append(GridPoint(
-                        lr=float(lr),
-                        weight_decay=float(wd),
-                        test_accuracy=float(result.metrics["test_accuracy"]),
-                        test_loss=float(result.metrics["test_loss"]),
-                        diverged=bool(result.metrics["diverged"]),
-                    ))
+            points = [(float(lr), float(wd)) for lr in lrs for wd in weight_decays]
+            cfgs = [TrainConfig.from_dict({
+                "steps": run_steps,
+                "batch_size": batch_size,
+                "lr": lr,
+                "weight_decay": wd,
+                "warmup_steps": 0,
+                "min_lr_ratio": min(1.0, MAD_MIN_LR / lr),
+                "clip_norm": None,
+                "b1": 0.9,
+                "b2": 0.999,
+                "eval_every": 0,
+                "eval_batch_size": eval_batch_size,
+                "seed": seed,
+                **overrides,
+            }) for lr, wd in points]
+            runs = [f"{name} lr={lr:g} wd={wd:g}" for lr, wd in points]
+            at_once = min(workers, len(points))
+            if at_once > 1:
+                overall.phase(f"MAD runs {done[0] + 1}-{done[0] + len(points)}/{n_runs}: {name}, "
+                              f"{at_once} at a time")
+
+            def on_start(i, runs=runs):
+                if at_once == 1:  # on this thread
+                    overall.phase(f"MAD run {done[0] + 1}/{n_runs}: {runs[i]}")
+
+            def on_result(i, result, runs=runs):
+                done[0] += 1
+                overall.update(completed=done[0])
+                overall.log(f"MAD run {done[0]}/{n_runs}: {runs[i]}: test accuracy "
+                            f"{result.metrics['test_accuracy']:.4f}"
+                            + (" (diverged)" if result.metrics["diverged"] else ""))
+
+            trained = train_many([genome] * len(points), setting_cfg, task, cfgs, workers=at_once,
+                                 on_start=on_start, on_result=on_result, progress=progress)
+            grid = [GridPoint(
+                lr=lr,
+                weight_decay=wd,
+                test_accuracy=float(result.metrics["test_accuracy"]),
+                test_loss=float(result.metrics["test_loss"]),
+                diverged=bool(result.metrics["diverged"]),
+            ) for (lr, wd), result in zip(points, trained)]
             best = max(grid, key=lambda point: point.test_accuracy)  # first of equals wins
             results.append(SettingScore(
                 name=name,

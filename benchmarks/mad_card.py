@@ -132,6 +132,7 @@ def _report(out: dict, base: str) -> None:
     def mean_of(key, field) -> float:
         return statistics.mean(c[field] for c in cells[key])
 
+    several = len(tasks) > 1  # a mean over tasks (with one task it would repeat its column)
     seeds_text = (f"One training seed ({seeds[0]}) per cell: a difference of a few points between two cells "
                   "is within seed noise." if len(seeds) == 1 else
                   f"Every cell is trained with seeds {', '.join(map(str, seeds))} and reads mean ± sd over "
@@ -143,12 +144,13 @@ def _report(out: dict, base: str) -> None:
              f"Total wall time: {out.get('total_seconds', 0.0):.0f} s over {len(out['cells'])} cells "
              f"(compile included).", "",
              "Test accuracy (1,280 test sequences):", "",
-             "| class | " + " | ".join(_short_task(t) for t in tasks) + " | mean |",
-             "|---|" + "---|" * (len(tasks) + 1)]
+             "| class | " + " | ".join(_short_task(t) for t in tasks) + (" | mean |" if several else " |"),
+             "|---|" + "---|" * (len(tasks) + several)]
     for r in rows:
         done = [mean_of((r, t), "test_accuracy") for t in tasks if (r, t) in cells]
-        mean = f"{sum(done) / len(done):.3f}" if len(done) == len(tasks) else ""
-        lines.append(f"| {r} | " + " | ".join(acc((r, t)) if (r, t) in cells else "" for t in tasks) + f" | {mean} |")
+        mean = f" {sum(done) / len(done):.3f} |" if len(done) == len(tasks) else " |"
+        lines.append(f"| {r} | " + " | ".join(acc((r, t)) if (r, t) in cells else "" for t in tasks)
+                     + " |" + (mean if several else ""))
     first = {}  # class -> its cell of the first task done (the size of its model there)
     for t in tasks:
         for r in rows:

@@ -12,11 +12,10 @@ Usage: python benchmarks/part_kinds.py [--name part_kinds] [--label HEAD] [--rep
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shlex
 
-from population import _machine  # this directory's population benchmark
+from population import _machine, _save_results  # this directory's population benchmark
 from population_step import _median_ms
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -81,13 +80,7 @@ def main() -> None:
            "command": "python benchmarks/part_kinds.py" + (f" --name {args.name}" if args.name != "part_kinds" else "")
            + (f" --label {shlex.quote(args.label)}" if args.label != "HEAD" else ""),
            "rows": measure(args.reps)}
-    os.makedirs(args.out, exist_ok=True)
-    with open(os.path.join(args.out, args.name + ".json"), "w") as f:
-        json.dump(out, f, indent=1)
-    text = markdown(out)
-    with open(os.path.join(args.out, args.name + ".md"), "w") as f:
-        f.write(text)
-    print(text)
+    _save_results(args.out, args.name, out, markdown(out))
 
 
 if __name__ == "__main__":

@@ -36,6 +36,16 @@ def _machine() -> dict:
             "backend": jax.default_backend(), "devices": [str(d) for d in jax.devices()]}
 
 
+def _save_results(out_dir: str, name: str, result: dict, text: str) -> None:
+    """Writes ``<out_dir>/<name>.json`` (the result) and ``.md`` (its table), and prints the table."""
+    os.makedirs(out_dir, exist_ok=True)
+    with open(os.path.join(out_dir, name + ".json"), "w") as f:
+        json.dump(result, f, indent=1)
+    with open(os.path.join(out_dir, name + ".md"), "w") as f:
+        f.write(text)
+    print(text)
+
+
 def _matmul_peak(n: int = 2048, reps: int = 5) -> float:
     """Measured float32 matmul FLOP/s (best of ``reps``) of an n x n x n product."""
     import jax

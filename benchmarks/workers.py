@@ -15,7 +15,6 @@ default is ``random,tpp``). Usage:
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import sys
@@ -41,7 +40,7 @@ def main() -> None:
         ap.error("--reps, --candidates and every --workers count must be >= 1")
 
     import star_jax as sj
-    from population import _machine
+    from population import _machine, _save_results
     from star_jax.train.many import train_many
 
     cmd = "python benchmarks/workers.py " + " ".join(sys.argv[1:])
@@ -72,12 +71,7 @@ def main() -> None:
             return [r.metrics for r in train_many(genomes, cfg, task, cfgs, workers=workers)]
 
         result["jobs"][job] = _time_workers(job, run, counts, args.reps, compile_s)[0]
-    os.makedirs(args.out, exist_ok=True)
-    with open(os.path.join(args.out, args.name + ".json"), "w") as f:
-        json.dump(result, f, indent=1)
-    with open(os.path.join(args.out, args.name + ".md"), "w") as f:
-        f.write(_markdown(result, counts))
-    print(_markdown(result, counts))
+    _save_results(args.out, args.name, result, _markdown(result, counts))
 
 
 MAD_GENOME, MAD_WIDTH, MAD_BATCH = "1.1.1.1.1-9.1.1.1.1", 64, 64

@@ -1,6 +1,6 @@
-"""Two ways to a faster training step that were measured and not adopted, kept so the numbers
-can be reproduced: both change results in the last bits, which would move every recorded result
-of the classes they touch.
+"""Ways to a faster candidate that were measured and not adopted, kept so the numbers can be
+reproduced. The first two change results in the last bits, which would move every recorded result
+of the classes they touch; the third shows the evaluation is cheapest at the batch it runs at.
 
 1. Attention's contractions at the peer-job setting ([16, 4, 127, 16] queries/keys, [.., 127, 127]
    scores). The backward's two products that contract over the query axis (dK = dS^T Q and
@@ -11,6 +11,9 @@ of the classes they touch.
 2. XLA's backend optimisation level 1 (instead of the default) for the forward and backward part
    programs of every LIV class (one LIV, the peer-job setting): compile seconds, run time, and
    whether forward outputs and gradients are bit-identical to the default build.
+3. The evaluation of the peer job's 1,280 test sequences through an 8-LIV Transformer++ (the
+   forward part programs, on ``sj.train``'s evaluation threads) at other batch sizes than the
+   training batch of 16 that ``sj.train`` evaluates at (sums checked equal up to rounding).
 
 Times are medians of ``--reps`` calls after a warm-up, each call waited for before the next
 starts (as in a training step, where every program needs the previous one's output), so a time
@@ -107,6 +110,44 @@ def opt_levels(reps: int) -> list[dict]:
     return rows
 
 
+EVAL_BATCHES = (8, 16, 32, 64, 128)
+EVAL_REPS = 5
+
+
+def eval_batches(reps: int) -> list[dict]:
+    import statistics
+
+    import jax
+    import numpy as np
+
+    import star_jax as sj
+    from star_jax.model import compile_genome
+    from star_jax.train import parts as P
+    from star_jax.train.step import stack_test_batches
+    from star_jax.train.threads import eval_threads
+
+    task = sj.tasks.make("in_context_recall", vocab_size=VOCAB, seq_len=SEQ)
+    cfg = sj.ModelConfig(width=WIDTH, vocab_size=VOCAB, max_len=task.seq_len, head_dim=HEAD_DIM)
+    model = P.PartModel(compile_genome(sj.baselines.transformer_pp(n_liv=8), cfg), task.seq_len)
+    vecs = model.init(0)[0]
+    threads = eval_threads()
+    rows, ref = [], None
+    for batch in EVAL_BATCHES:
+        inputs, targets = (jax.device_put(list(a)) for a in stack_test_batches(task, batch))
+        P.warm_up([model], batch)
+        sums = model.eval_sums(vecs, inputs, targets, threads)
+        times = []
+        for _ in range(reps):
+            t = time.perf_counter()
+            model.eval_sums(vecs, inputs, targets, threads)
+            times.append(time.perf_counter() - t)
+        ref = sums if ref is None else ref
+        rows.append({"batch": batch, "batches": len(inputs), "threads": threads, "s": statistics.median(times),
+                     "all_s": times, "sums_match": bool(np.allclose(sums, ref, rtol=1e-5))})
+        print(f"evaluation at batch {batch}: {rows[-1]['s']:.3f} s", flush=True)
+    return rows
+
+
 def markdown(out: dict) -> str:
     m = out["machine"]
     lines = ["# Step options measured and not adopted", "",
@@ -132,6 +173,13 @@ def markdown(out: dict) -> str:
     lines += ["", f"Summed over the 17 classes: compile {sums['default_compile_s']:.1f} -> "
               f"{sums['level1_compile_s']:.1f} s, run {sums['default_ms']:.1f} -> {sums['level1_ms']:.1f} ms; "
               f"{sum(not r['bit_identical'] for r in rows)} of 17 classes not bit-identical."]
+    ev = out["eval_batches"]
+    lines += ["", f"## Evaluation of the 1,280 test sequences at other batch sizes (8-LIV Transformer++, width {WIDTH}, "
+              f"{ev[0]['threads']} thread{'s' if ev[0]['threads'] > 1 else ''}; median of {out['eval_reps']})", "",
+              "| batch | batches | seconds (median) | all runs | sums equal the first row's |", "|---|---|---|---|---|"]
+    for r in ev:
+        lines.append(f"| {r['batch']} | {r['batches']} | {r['s']:.3f} | {', '.join(f'{x:.3f}' for x in r['all_s'])} "
+                     f"| {'yes' if r['sums_match'] else 'no'} |")
     return "\n".join(lines) + "\n"
 
 
@@ -144,7 +192,8 @@ def main() -> None:
     out = {"reps": args.reps, "machine": _machine(),
            "command": "python benchmarks/step_options.py" + (f" --reps {args.reps}" if args.reps != 30 else "")
            + (f" --name {args.name}" if args.name != "step_options" else ""),
-           "contractions": contractions(args.reps), "opt_levels": opt_levels(args.reps)}
+           "contractions": contractions(args.reps), "opt_levels": opt_levels(args.reps),
+           "eval_reps": EVAL_REPS, "eval_batches": eval_batches(EVAL_REPS)}
     _save_results(args.out, args.name, out, markdown(out))
 
 

@@ -172,6 +172,40 @@ def test_several_training_seeds_train_in_one_call_with_the_per_seed_results(sett
         assert rec.seed_test_accuracy == tuple(accs)
 
 
+def test_per_seed_records_train_in_one_call_and_are_stored_as_they_finish(setting, monkeypatch):
+    from star_jax.evolve import evaluation
+    from star_jax.evolve.records import Candidate
+
+    task, cfg, tc = setting
+    config = EvolveConfig(model=cfg, train=tc, n_liv=3, pop_size=4, strategy="sequential")
+    candidates = [Candidate.of(sj.Genome.from_string(g), -1) for g in GENOMES[:4]]
+    calls = []
+    real_train, real_sizes = evaluation.train_many, evaluation._size_metrics
+
+    def counting(genomes, *args, **kwargs):
+        calls.append(len(genomes))
+        return real_train(genomes, *args, **kwargs)
+
+    def sizes(genome, config):  # the last genome cannot be built: recorded, not trained
+        if genome.to_string() == GENOMES[3]:
+            return {"params": None, "cache_bytes": None}, "GenomeError: not buildable here"
+        return real_sizes(genome, config)
+
+    monkeypatch.setattr(evaluation, "train_many", counting)
+    monkeypatch.setattr(evaluation, "_size_metrics", sizes)
+    stored = []
+    got = evaluation.evaluate_per_seed(candidates, config, task, train_candidates, [3, 4],
+                                       on_record=lambda seed, j, rec: stored.append((seed, j, rec)))
+    assert calls == [6]  # 3 built genomes x 2 seeds in one call
+    assert [(s, j) for s, j, _ in stored[:2]] == [(3, 3), (4, 3)]  # the failures first
+    assert sorted((s, j) for s, j, _ in stored) == [(s, j) for s in (3, 4) for j in range(4)]
+    assert got[0][3].failure == "GenomeError: not buildable here" and got[0][3].test_accuracy is None
+    for seed, row in zip((3, 4), got):
+        at = config.replace(train=tc.replace(seed=seed))
+        assert row == evaluation.evaluate(candidates, at, task, train_candidates)
+        assert all(rec is got[(3, 4).index(s)][j] for s, j, rec in stored if s == seed)
+
+
 def test_evaluation_over_threads_gives_the_same_sums(setting):
     from star_jax.model import compile_genome
     from star_jax.train import parts

@@ -170,3 +170,48 @@ def test_a_front_genome_that_is_a_baseline_trains_once_per_seed(tmp_path):
     unique = {s.hash for s in out.summaries}
     assert len(unique) < len(out.summaries)
     assert sorted(ev.calls) == [(1, len(unique)), (2, len(unique))]
+
+
+class SeedsEvaluator(NoiseEvaluator):
+    """NoiseEvaluator that trains every seed in one call and reports each run as it finishes; it
+    stops (as a killed process would) after ``stop_after`` runs."""
+
+    def __init__(self, signal=None, stop_after=None):
+        super().__init__(signal)
+        self.stop_after = stop_after
+        self.runs = 0
+
+    def __call__(self, genomes, config, task, *, on_candidate=None, seeds=None, on_run=None):
+        if seeds is None:
+            return super().__call__(genomes, config, task, on_candidate=on_candidate)
+        self.calls.append((tuple(seeds), len(genomes)))
+        out = []
+        for i, seed in enumerate(seeds):
+            out.append(super().__call__(genomes, config.replace(train=config.train.replace(seed=seed)), task))
+            self.calls.pop()
+            for k, m in enumerate(out[-1]):
+                if self.stop_after is not None and self.runs >= self.stop_after:
+                    raise KeyboardInterrupt("killed")
+                self.runs += 1
+                on_run(i, k, m)
+        return out
+
+
+def test_all_seeds_train_in_one_call_and_a_killed_reevaluation_keeps_every_finished_run(tmp_path):
+    run = tmp_path / "run"
+    evolve(_config(generations=1), run, progress=False, evaluator=NoiseEvaluator())
+    want = reevaluate(run, seeds=3, evaluator=NoiseEvaluator())  # one call per seed
+    (run / REEVAL_FILE).unlink()
+    ev = SeedsEvaluator()
+    got = reevaluate(run, seeds=3, evaluator=ev)
+    n = len({s.hash for s in got.summaries})
+    assert ev.calls == [((1, 2, 3), n)] and got == want
+    # killed after n + 2 runs: seed 1 and two runs of seed 2 are stored, and only the rest trains
+    (run / REEVAL_FILE).unlink()
+    with pytest.raises(KeyboardInterrupt):
+        reevaluate(run, seeds=3, evaluator=SeedsEvaluator(stop_after=n + 2))
+    lines = [json.loads(x) for x in (run / REEVAL_FILE).read_text().splitlines()]
+    assert [line["seed"] for line in lines] == [1] * n + [2, 2]
+    ev = SeedsEvaluator()
+    assert reevaluate(run, seeds=3, evaluator=ev) == want
+    assert ev.calls == [((2,), n - 2), ((3,), n)]  # seeds with the same genomes left go together

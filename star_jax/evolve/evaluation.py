@@ -23,7 +23,7 @@ from star_jax.train.many import train_many
 
 from star_jax.population import STRATEGIES, train_population
 
-__all__ = ["Evaluator", "train_candidates", "evaluate", "record_failure", "baseline_genomes", "batch_size",
+__all__ = ["Evaluator", "train_candidates", "evaluate", "evaluate_per_seed", "record_failure", "baseline_genomes", "batch_size",
            "objective_matrix", "pareto_front", "derive_reference", "front_hypervolume"]
 
 Evaluator = Callable[..., list]
@@ -34,7 +34,9 @@ keys of ``star_jax.train``'s final metrics (``train_loss``, ``test_loss``, ``tes
 With ``config.train_seeds > 1`` it is called once per training seed. An evaluator that also takes
 a ``seeds`` keyword (as ``train_candidates`` does) is called once for all of them instead:
 ``evaluator(genomes, config, task, on_candidate=..., seeds=[s0, s1, ...])`` returns one such list
-per seed, each as if called with ``config.train.seed`` set to that seed."""
+per seed, each as if called with ``config.train.seed`` set to that seed. If it also takes
+``on_run``, it calls ``on_run(seed index, genome index, metrics)`` as each run finishes (a
+re-evaluation then stores every finished run at once)."""
 
 
 # ---------------------------------------------------------------------------------- genomes
@@ -66,7 +68,8 @@ _WARNED: set = set()
 
 def train_candidates(genomes: Sequence[Genome], config: EvolveConfig, task, *,
                      on_candidate: Callable[[int], None] | None = None, workers: int | None = None,
-                     seeds: Sequence[int] | None = None) -> list:
+                     seeds: Sequence[int] | None = None,
+                     on_run: Callable[[int, int, dict], None] | None = None) -> list:
     """The default evaluator: trains genomes with the population engine in one call, or with
     ``star_jax.train`` per genome, several at a time (``star_jax.train.many.train_many``).
 
@@ -86,6 +89,8 @@ def train_candidates(genomes: Sequence[Genome], config: EvolveConfig, task, *,
         seeds: train every genome with each of these training seeds (instead of
             ``config.train.seed``). ``"sequential"`` trains all the (seed, genome) runs in one
             ``train_many`` call, so its workers stay busy from one seed to the next.
+        on_run: with ``seeds``: called on the calling thread with ``(seed index, genome index,
+            metrics)`` as each run finishes.
 
     Returns:
         One metrics dict per genome (``star_jax.train`` final metrics); with ``seeds``, one such
@@ -93,7 +98,7 @@ def train_candidates(genomes: Sequence[Genome], config: EvolveConfig, task, *,
     """
     if seeds is not None:
         seeds = [int(s) for s in seeds]
-        return _train_seeds(list(genomes), config, task, seeds, on_candidate, workers)
+        return _train_seeds(list(genomes), config, task, seeds, on_candidate, workers, on_run)
     if not genomes:
         return []
     strategy = config.strategy
@@ -128,7 +133,7 @@ def train_candidates(genomes: Sequence[Genome], config: EvolveConfig, task, *,
     return [dict(r.metrics) for r in results]
 
 
-def _train_seeds(genomes: list, config: EvolveConfig, task, seeds: list[int], on_candidate, workers) -> list:
+def _train_seeds(genomes: list, config: EvolveConfig, task, seeds: list[int], on_candidate, workers, on_run) -> list:
     """``train_candidates`` over several training seeds: one list of metrics per seed."""
     if not genomes or not seeds:
         return [[] for _ in seeds]
@@ -139,11 +144,16 @@ def _train_seeds(genomes: list, config: EvolveConfig, task, seeds: list[int], on
             tick = None if on_candidate is None else (lambda k, i=i: on_candidate((i * n + k) // r))
             out.append(train_candidates(genomes, config.replace(train=config.train.replace(seed=seed)), task,
                                         on_candidate=tick, workers=workers))
+            if on_run is not None:
+                for k, m in enumerate(out[-1]):
+                    on_run(i, k, m)
         return out
     done = [0]
 
-    def tick(_i, _result):
+    def tick(i, result):
         done[0] += 1
+        if on_run is not None:
+            on_run(i // n, i % n, dict(result.metrics))
         if on_candidate is not None:
             on_candidate(done[0] // r)
 
@@ -152,11 +162,18 @@ def _train_seeds(genomes: list, config: EvolveConfig, task, seeds: list[int], on
     return [[dict(res.metrics) for res in results[i * n:(i + 1) * n]] for i in range(r)]
 
 
-def _takes_seeds(evaluator) -> bool:
+def _takes(evaluator, keyword: str) -> bool:
+    """Whether the evaluator takes this keyword argument."""
     try:
-        return "seeds" in inspect.signature(evaluator).parameters
+        return keyword in inspect.signature(evaluator).parameters
     except (TypeError, ValueError):  # no signature to read
         return False
+
+
+def _check_runs(runs: list, n_seeds: int, n_genomes: int) -> None:
+    if len(runs) != n_seeds or any(len(run) != n_genomes for run in runs):
+        raise ValueError(f"the evaluator returned {[len(run) for run in runs]} results for {n_seeds} seeds of "
+                         f"{n_genomes} genomes")
 
 
 _MEAN_KEYS = ("train_loss", "test_loss", "test_accuracy")
@@ -172,11 +189,9 @@ def _train_over_seeds(genomes: Sequence[Genome], config: EvolveConfig, task, eva
     if r == 1:
         return list(evaluator(genomes, config, task, on_candidate=on_candidate))
     seeds = [config.train.seed + i for i in range(r)]
-    if _takes_seeds(evaluator):
+    if _takes(evaluator, "seeds"):
         runs = [list(run) for run in evaluator(genomes, config, task, on_candidate=on_candidate, seeds=seeds)]
-        if len(runs) != r or any(len(run) != len(genomes) for run in runs):
-            raise ValueError(f"the evaluator returned {[len(run) for run in runs]} results for {r} seeds of "
-                             f"{len(genomes)} genomes")
+        _check_runs(runs, r, len(genomes))
     else:
         runs = []
         for i, seed in enumerate(seeds):
@@ -267,25 +282,86 @@ def evaluate(candidates: Sequence[Candidate], config: EvolveConfig, task, evalua
     sized = [_size_metrics(g, config) for g in genomes]
     trainable = [g for g, (_, err) in zip(genomes, sized) if err is None]
     metrics = iter(_train_over_seeds(trainable, config, task, evaluator, on_candidate) if trainable else [])
-    records = []
-    for c, g, (size, err) in zip(candidates, genomes, sized):
-        record = {"hash": c.hash, "genome": c.genome, "short": g.short(), "generation": int(c.generation),
-                  **size, "failure": err}
-        m = next(metrics) if err is None else {}
-        for key in ("train_loss", "test_loss", "test_accuracy", "diverged", "steps_run"):
-            record[key] = finite_or_none(m.get(key))
-        for key, value in m.items():  # extra keys an evaluator reports (e.g. mad_score)
-            if key not in record and key != "params":
-                record[key] = [finite_or_none(v) for v in value] if isinstance(value, list) else finite_or_none(value)
-        record["loss"] = record["test_loss"]
-        record["accuracy"] = None if record.get("diverged") else record["test_accuracy"]
-        if config.needs_latency():
-            latency = None
-            if err is None:
-                latency = measure_decode_latency(g, config.model, n_tokens=config.latency_tokens)
-            record["latency_ms"] = latency
-        records.append(EvalRecord.from_json(_finish_record(record, config)))
-    return records
+    return [_record(c, g, size, err, next(metrics) if err is None else {}, config)
+            for c, g, (size, err) in zip(candidates, genomes, sized)]
+
+
+def _record(c: Candidate, g: Genome, size: dict, err: str | None, m: Mapping, config: EvolveConfig) -> EvalRecord:
+    """The record of one candidate from its sizes, its build error (or None) and its metrics."""
+    record = {"hash": c.hash, "genome": c.genome, "short": g.short(), "generation": int(c.generation),
+              **size, "failure": err}
+    for key in ("train_loss", "test_loss", "test_accuracy", "diverged", "steps_run"):
+        record[key] = finite_or_none(m.get(key))
+    for key, value in m.items():  # extra keys an evaluator reports (e.g. mad_score)
+        if key not in record and key != "params":
+            record[key] = [finite_or_none(v) for v in value] if isinstance(value, list) else finite_or_none(value)
+    record["loss"] = record["test_loss"]
+    record["accuracy"] = None if record.get("diverged") else record["test_accuracy"]
+    if config.needs_latency():
+        latency = None
+        if err is None:
+            latency = measure_decode_latency(g, config.model, n_tokens=config.latency_tokens)
+        record["latency_ms"] = latency
+    return EvalRecord.from_json(_finish_record(record, config))
+
+
+def evaluate_per_seed(candidates: Sequence[Candidate], config: EvolveConfig, task, evaluator: Evaluator,
+                      seeds: Sequence[int],
+                      on_record: Callable[[int, int, EvalRecord], None] | None = None) -> list[list[EvalRecord]]:
+    """The record of every candidate at each training seed, kept apart (what a re-evaluation
+    needs), rather than averaged as ``evaluate`` does with ``config.train_seeds`` > 1.
+
+    Each record is the one ``evaluate`` gives with ``config.train.seed`` set to that seed and one
+    training seed. An evaluator that takes a ``seeds`` keyword (``train_candidates``) trains all
+    the runs in one call; if it also takes ``on_run``, ``on_record`` is called as each run
+    finishes, so a caller can store every finished run at once. Another evaluator is called once
+    per seed, and ``on_record`` after each call.
+
+    Arguments:
+        candidates: what to evaluate.
+        config: the run config (``train_seeds`` is ignored).
+        task: the fitness task.
+        evaluator: the training function (see ``Evaluator``).
+        seeds: the training seeds.
+        on_record: called on the calling thread with ``(seed, candidate index, record)`` as each
+            record is ready (candidates that cannot be built first).
+
+    Returns:
+        ``records[i][j]``: candidate ``j`` at ``seeds[i]``.
+    """
+    seeds = [int(s) for s in seeds]
+    config = config.replace(train_seeds=1)
+    at_seed = [config.replace(train=config.train.replace(seed=s)) for s in seeds]
+    genomes = [c.to_genome() for c in candidates]
+    sized = [_size_metrics(g, config) for g in genomes]
+    built = [j for j, (_, err) in enumerate(sized) if err is None]
+    out: list[list] = [[None] * len(candidates) for _ in seeds]
+
+    def emit(i: int, j: int, m: Mapping) -> None:
+        if out[i][j] is not None:  # already stored as it finished
+            return
+        out[i][j] = _record(candidates[j], genomes[j], sized[j][0], sized[j][1], m, at_seed[i])
+        if on_record is not None:
+            on_record(seeds[i], j, out[i][j])
+
+    for i in range(len(seeds)):
+        for j, (_, err) in enumerate(sized):
+            if err is not None:
+                emit(i, j, {})
+    trainable = [genomes[j] for j in built]
+    if trainable and seeds:
+        if _takes(evaluator, "seeds"):
+            extra = {"on_run": lambda i, k, m: emit(i, built[k], m)} if _takes(evaluator, "on_run") else {}
+            runs = [list(run) for run in evaluator(trainable, config, task, seeds=seeds, **extra)]
+            _check_runs(runs, len(seeds), len(trainable))
+            for i, run in enumerate(runs):
+                for k, m in enumerate(run):
+                    emit(i, built[k], m)
+        else:
+            for i in range(len(seeds)):
+                for k, m in enumerate(evaluator(trainable, at_seed[i], task)):
+                    emit(i, built[k], m)
+    return out
 
 
 # ---------------------------------------------------------------------------------- scores

@@ -17,7 +17,10 @@ and "within noise" otherwise.
 
 Results are appended per (genome, seed) to ``reevaluation.jsonl`` in the run directory, so a
 killed re-evaluation resumes where it stopped; ``reevaluation.md`` and
-``plots/reevaluation.png`` (mean +- sd error bars) are rewritten at the end.
+``plots/reevaluation.png`` (mean +- sd error bars) are rewritten at the end. With the default
+evaluator every (genome, seed) run left trains in one ``train_many`` call, several at a time,
+and each is appended as soon as it finishes; an evaluator of your own is called once per seed
+(or once for all of them, see ``star_jax.evolve.evaluation.Evaluator``).
 """
 from __future__ import annotations
 
@@ -31,7 +34,7 @@ import numpy as np
 
 from star_jax.evolve.config import EvolveConfig
 from star_jax.evolve.display import fmt
-from star_jax.evolve.evaluation import baseline_genomes, evaluate
+from star_jax.evolve.evaluation import baseline_genomes, evaluate_per_seed
 from star_jax.evolve.records import Candidate, EvalRecord
 from star_jax.evolve.runstate import load_run
 from star_jax.genome import Genome
@@ -222,26 +225,33 @@ def reevaluate(run_dir, seeds: int = 5, *, evaluator: Callable | None = None,
     with rd.lock():
         done = {(r["hash"], r["seed"]): r for r in (read_jsonl(path) if path.exists() else [])
                 if isinstance(r, dict) and "hash" in r and "seed" in r}
+        # seeds with the same genomes left to train go together: one call trains them all
+        groups: dict[tuple, tuple[list, list[int]]] = {}
         for seed in seed_list:
-            todo = [e for e in entries if (e[2].content_hash(), seed) not in done]
-            if not todo:
-                continue
-            cfg = config.replace(train=config.train.replace(seed=seed), train_seeds=1)
             unique: dict[str, tuple] = {}  # a front genome that is also a baseline trains once
-            for e in todo:
-                unique.setdefault(e[2].content_hash(), e)
-            todo = list(unique.values())
+            for e in entries:
+                if (e[2].content_hash(), seed) not in done:
+                    unique.setdefault(e[2].content_hash(), e)
+            if unique:
+                groups.setdefault(tuple(unique), (list(unique.values()), []))[1].append(seed)
+        cfg = config.replace(train_seeds=1)
+        for todo, seeds_left in groups.values():
             candidates = [Candidate.of(g, -1, "baseline", name) if kind == "baseline" else Candidate.of(g, -1)
                           for kind, name, g, _ in todo]
-            records = evaluate(candidates, cfg, task, evaluator)
-            for (kind, name, g, _), rec in zip(todo, records):
+            left = {seed: len(todo) for seed in seeds_left}
+
+            def store(seed: int, j: int, rec, todo=todo, left=left) -> None:  # as each run finishes
+                kind, name, g, _ = todo[j]
                 line = {"hash": g.content_hash(), "seed": seed, "genome": g.to_string(), "name": name, "kind": kind,
                         "objectives": dict(rec.objectives), "test_accuracy": rec.test_accuracy,
                         "test_loss": rec.test_loss, "diverged": rec.diverged}
                 append_jsonl(path, line)
                 done[(line["hash"], seed)] = line
-            if progress:
-                print(f"re-evaluation: seed {seed} done ({len(todo)} genomes)", file=sys.stderr, flush=True)
+                left[seed] -= 1
+                if progress and left[seed] == 0:
+                    print(f"re-evaluation: seed {seed} done ({len(todo)} genomes)", file=sys.stderr, flush=True)
+
+            evaluate_per_seed(candidates, cfg, task, evaluator, seeds_left, on_record=store)
     summaries = []
     for kind, name, g, rec in entries:
         h = g.content_hash()

@@ -23,8 +23,8 @@ from star_jax.train.many import train_many
 
 from star_jax.population import STRATEGIES, train_population
 
-__all__ = ["Evaluator", "train_candidates", "evaluate", "evaluate_per_seed", "record_failure", "baseline_genomes", "batch_size",
-           "objective_matrix", "pareto_front", "derive_reference", "front_hypervolume"]
+__all__ = ["Evaluator", "train_candidates", "evaluate", "evaluate_per_seed", "record_failure", "baseline_genomes",
+           "batch_size", "objective_matrix", "pareto_front", "derive_reference", "front_hypervolume"]
 
 Evaluator = Callable[..., list]
 """``evaluator(genomes, config, task, *, on_candidate=None) -> [metrics dict per genome]`` with the
@@ -101,10 +101,7 @@ def train_candidates(genomes: Sequence[Genome], config: EvolveConfig, task, *,
         return _train_seeds(list(genomes), config, task, seeds, on_candidate, workers, on_run)
     if not genomes:
         return []
-    strategy = config.strategy
-    if strategy == "auto":
-        # through the part programs, several at a time: nothing compiles for a genome of known LIV kinds
-        strategy = "sequential"
+    strategy = _strategy(config)
     if strategy != "sequential":
         if strategy in STRATEGIES:
             # "data" reuses its compiled step only for one number of candidates: every call is
@@ -133,12 +130,18 @@ def train_candidates(genomes: Sequence[Genome], config: EvolveConfig, task, *,
     return [dict(r.metrics) for r in results]
 
 
+def _strategy(config: EvolveConfig) -> str:
+    """The population strategy ``config.strategy`` stands for ("auto": "sequential", through the
+    part programs, several at a time: nothing compiles for a genome of known LIV kinds)."""
+    return "sequential" if config.strategy == "auto" else config.strategy
+
+
 def _train_seeds(genomes: list, config: EvolveConfig, task, seeds: list[int], on_candidate, workers, on_run) -> list:
     """``train_candidates`` over several training seeds: one list of metrics per seed."""
     if not genomes or not seeds:
         return [[] for _ in seeds]
     n, r = len(genomes), len(seeds)
-    if config.strategy not in ("auto", "sequential"):  # a population strategy: one call per seed
+    if _strategy(config) != "sequential":  # a population strategy: one call per seed
         out = []
         for i, seed in enumerate(seeds):
             tick = None if on_candidate is None else (lambda k, i=i: on_candidate((i * n + k) // r))

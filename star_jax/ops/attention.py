@@ -37,6 +37,7 @@ import numpy as np
 
 from star_jax.ops.base import CacheSharingMixerBase, FeaturizerBase
 from star_jax.ops.differential import LAMBDA_INIT, DiffHeadNorm, DiffLambda, diff_combine
+from star_jax.ops import init as init_lib
 from star_jax.ops.primitives import apply_rope, causal_short_conv, causal_short_conv_step, rope_angles, rows
 
 KINDS = ("softmax", "linear", "relu")
@@ -141,10 +142,10 @@ class AttentionFeaturizer(FeaturizerBase):
         out = {}
         for g in groups:
             ch = self._channels(g)
-            proj = self.param(f"{g}_proj", nn.initializers.lecun_normal(), (self.width, ch), jnp.float32)
+            proj = self.param(f"{g}_proj", init_lib.LecunNormal(), (self.width, ch), jnp.float32)
             conv = None
             if self.qkv_conv > 0:
-                conv = self.param(f"{g}_conv", _conv_init, (self.qkv_conv, ch), jnp.float32)
+                conv = self.param(f"{g}_conv", init_lib.ConvPassThrough(0.1), (self.qkv_conv, ch), jnp.float32)
             out[g] = (proj, conv)
         return out
 
@@ -189,12 +190,6 @@ class AttentionFeaturizer(FeaturizerBase):
                 x, new_state[g] = causal_short_conv_step(x, state[g], conv.astype(h_t.dtype))
             feats[g] = x.reshape(b, self._heads(g), self.head_dim)
         return feats, new_state
-
-
-def _conv_init(key, shape, dtype=jnp.float32):
-    """Short-conv init: pass-through of the current token plus small noise, [kernel, channels]."""
-    delta = jnp.zeros(shape, dtype).at[0].set(1.0)
-    return delta + 0.1 * jax.random.normal(key, shape, dtype)
 
 
 class AttentionMixer(CacheSharingMixerBase):
@@ -304,7 +299,7 @@ class AttentionMixer(CacheSharingMixerBase):
     # ---- pieces ---------------------------------------------------------------------------
     def setup(self):
         self.out_proj = self.param(
-            "out_proj", nn.initializers.lecun_normal(), (self.n_heads * self.head_dim, self.width),
+            "out_proj", init_lib.LecunNormal(), (self.n_heads * self.head_dim, self.width),
             jnp.float32,
         )
         if self.differential:

@@ -16,6 +16,7 @@ import numpy as np
 from star_jax.ops.base import FeaturizerBase, MixerBase
 from star_jax.ops.groups import branch_suffixes
 from star_jax.ops.differential import DiffLambda, diff_combine
+from star_jax.ops import init as init_lib
 from star_jax.ops.primitives import causal_short_conv, causal_short_conv_step, fft_causal_conv, rows
 
 FILTER_BANDS = 8  # sin/cos frequency bands of the implicit filter's positional features
@@ -39,13 +40,6 @@ def short_conv(u: jax.Array, w: jax.Array) -> jax.Array:
       [batch, length, channels].
     """
     return causal_short_conv(u, w)
-
-
-def _centered(init, shift: float):
-    def f(key, shape, dtype=jnp.float32):
-        return init(key, shape, dtype) - jnp.asarray(shift, dtype)
-
-    return f
 
 
 class GatedConvFeaturizer(FeaturizerBase):
@@ -120,11 +114,11 @@ class GatedConvFeaturizer(FeaturizerBase):
         """Create/fetch {group: (projection Dense, conv [k, d] | None)} for the given groups."""
         out = {}
         for g in groups:
-            dense = nn.Dense(self.projected, use_bias=False, kernel_init=nn.initializers.lecun_normal(), name=g)
+            dense = nn.Dense(self.projected, use_bias=False, kernel_init=init_lib.LecunNormal(), name=g)
             conv = None
             if self.short_conv > 0:
                 bound = 1.0 / math.sqrt(self.short_conv)
-                init = _centered(nn.initializers.uniform(2 * bound), bound)
+                init = init_lib.Centered(bound)
                 conv = self.param(f"{g}_conv", init, (self.short_conv, self.inner), jnp.float32)
             out[g] = (dense, conv)
         return out
@@ -212,12 +206,12 @@ class ShortConvMixer(MixerBase):
         if self.kernel_size < 1:
             raise ValueError(f"ShortConvMixer: kernel_size must be >= 1, got {self.kernel_size}")
         bound = 1.0 / math.sqrt(self.kernel_size)
-        init = _centered(nn.initializers.uniform(2 * bound), bound)  # U(-1/sqrt(k), 1/sqrt(k))
+        init = init_lib.Centered(bound)  # U(-1/sqrt(k), 1/sqrt(k))
         self.convs = [
             self.param(f"conv{s}", init, (self.kernel_size, self.inner), jnp.float32)
             for s in branch_suffixes(self.differential)
         ]
-        self.out = nn.Dense(self.width, use_bias=False, kernel_init=nn.initializers.lecun_normal())
+        self.out = nn.Dense(self.width, use_bias=False, kernel_init=init_lib.LecunNormal())
         if self.differential:
             self.diff_lambda = DiffLambda(self.width)
 
@@ -324,11 +318,11 @@ class ImplicitFilter(nn.Module):
     @nn.compact
     def __call__(self) -> jax.Array:
         z = jnp.asarray(filter_features(self.max_len))
-        uni = nn.initializers.variance_scaling(1.0, "fan_in", "uniform")
-        bias = nn.initializers.normal(stddev=1.0)
+        uni = init_lib.VarianceScaling(1.0, "uniform")
+        bias = init_lib.Normal(1.0)
         z = jnp.sin(nn.Dense(self.order, kernel_init=uni, bias_init=bias, name="in")(z))
         z = jnp.sin(nn.Dense(self.order, kernel_init=uni, bias_init=bias, name="hidden")(z))
-        h = nn.Dense(self.width, use_bias=False, kernel_init=nn.initializers.lecun_normal(), name="proj")(z)
+        h = nn.Dense(self.width, use_bias=False, kernel_init=init_lib.LecunNormal(), name="proj")(z)
         h = h * jnp.asarray(filter_decay(self.max_len, self.width))
         return h * jax.lax.rsqrt(jnp.sum(jnp.square(h), axis=0, keepdims=True) + 1e-12)
 
@@ -370,9 +364,9 @@ class LongConvMixer(MixerBase):
         sfx = branch_suffixes(self.differential)
         self.filters = [ImplicitFilter(self.inner, self.max_len, self.filter_order, name=f"filter{s}") for s in sfx]
         self.skips = [
-            self.param(f"D{s}", nn.initializers.normal(stddev=1.0), (self.inner,), jnp.float32) for s in sfx
+            self.param(f"D{s}", init_lib.Normal(1.0), (self.inner,), jnp.float32) for s in sfx
         ]
-        self.out = nn.Dense(self.width, use_bias=False, kernel_init=nn.initializers.lecun_normal())
+        self.out = nn.Dense(self.width, use_bias=False, kernel_init=init_lib.LecunNormal())
         if self.differential:
             self.diff_lambda = DiffLambda(self.width)
 

@@ -25,6 +25,7 @@ import jax
 import jax.numpy as jnp
 import flax.linen as nn
 
+from star_jax.ops import init as init_lib
 from star_jax.ops.primitives import rms_norm
 
 LAMBDA_INIT = 0.8
@@ -52,7 +53,7 @@ class DiffLambda(nn.Module):
 
     @nn.compact
     def __call__(self) -> jax.Array:
-        init = nn.initializers.normal(stddev=_LAMBDA_VEC_STD)
+        init = init_lib.Normal(_LAMBDA_VEC_STD)
         vecs = [
             self.param(n, init, (self.dim,), jnp.float32)
             for n in ("lambda_q1", "lambda_k1", "lambda_q2", "lambda_k2")
@@ -89,7 +90,7 @@ class DiffHeadNorm(nn.Module):
 
     @nn.compact
     def __call__(self, y: jax.Array) -> jax.Array:
-        scale = self.param("scale", nn.initializers.ones, (self.dim,), jnp.float32)
+        scale = self.param("scale", init_lib.ONES, (self.dim,), jnp.float32)
         out = rms_norm(y, scale.astype(y.dtype)) * jnp.asarray(1.0 - self.lambda_init, y.dtype)
         return out.astype(y.dtype)
 

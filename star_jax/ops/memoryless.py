@@ -10,6 +10,7 @@ import jax
 
 from star_jax.ops.base import StatelessFeaturizer, StatelessMixer
 from star_jax.ops.differential import DiffLambda, diff_combine
+from star_jax.ops import init as init_lib
 from star_jax.ops.primitives import rows
 
 ACTIVATIONS = {"swish": jax.nn.silu, "relu": jax.nn.relu, "none": lambda v: v}
@@ -65,7 +66,7 @@ class GLUFeaturizer(StatelessFeaturizer):
         """
         chex.assert_axis_dimension(h, -1, self.width)
         return {
-            g: rows(nn.Dense(self.hidden, use_bias=False, kernel_init=nn.initializers.lecun_normal(), name=g), h)
+            g: rows(nn.Dense(self.hidden, use_bias=False, kernel_init=init_lib.LecunNormal(), name=g), h)
             for g in self._resolve(groups)
         }
 
@@ -96,7 +97,7 @@ class GLUMixer(StatelessMixer):
 
     def setup(self):
         _check_activation(self.activation, type(self).__name__)
-        self.out = nn.Dense(self.width, use_bias=False, kernel_init=nn.initializers.lecun_normal())
+        self.out = nn.Dense(self.width, use_bias=False, kernel_init=init_lib.LecunNormal())
         if self.differential:
             self.diff_lambda = DiffLambda(self.width)
 

@@ -16,6 +16,7 @@ import jax.numpy as jnp
 from star_jax.ops.base import FeaturizerBase, MixerBase
 from star_jax.ops.groups import branch_suffixes
 from star_jax.ops.differential import DiffLambda, diff_combine
+from star_jax.ops import init as init_lib
 from star_jax.ops.primitives import causal_short_conv, causal_short_conv_step, rows
 
 SCAN_IMPLS = ("scan", "associative")
@@ -179,20 +180,6 @@ def selective_scan(
     raise ValueError(f"selective_scan: impl must be one of {SCAN_IMPLS}, got {impl!r}")
 
 
-def _dt_bias_init(key, shape, dtype=jnp.float32):
-    """Bias of the dt projection: softplus(bias) = dt, dt log-uniform in [DT_MIN, DT_MAX] (Mamba)."""
-    u = jax.random.uniform(key, shape, jnp.float32)
-    dt = jnp.exp(u * (math.log(DT_MAX) - math.log(DT_MIN)) + math.log(DT_MIN))
-    return (dt + jnp.log(-jnp.expm1(-dt))).astype(dtype)  # inverse softplus
-
-
-def _s4d_real_init(key, shape, dtype=jnp.float32):
-    """A_log [d, e] with A = -exp(A_log) = -(1, 2, ..., e) on every channel (S4D-real)."""
-    del key
-    d, e = shape
-    return jnp.log(jnp.broadcast_to(jnp.arange(1, e + 1, dtype=jnp.float32), (d, e))).astype(dtype)
-
-
 
 
 class RecurrenceFeaturizer(FeaturizerBase):
@@ -275,15 +262,15 @@ class RecurrenceFeaturizer(FeaturizerBase):
                 out[g] = nn.Dense(
                     size,
                     use_bias=True,
-                    kernel_init=nn.initializers.variance_scaling(_DT_KERNEL_SCALE, "fan_in", "normal"),
-                    bias_init=_dt_bias_init,
+                    kernel_init=init_lib.VarianceScaling(_DT_KERNEL_SCALE, "normal"),
+                    bias_init=init_lib.DtBias(DT_MIN, DT_MAX),
                     name=g,
                 )
             else:
-                out[g] = nn.Dense(size, use_bias=False, kernel_init=nn.initializers.lecun_normal(), name=g)
+                out[g] = nn.Dense(size, use_bias=False, kernel_init=init_lib.LecunNormal(), name=g)
         if self._needs_x(groups):
             bound = 1.0 / math.sqrt(self.x_conv)
-            uniform = lambda k, shape, dtype=jnp.float32: jax.random.uniform(k, shape, dtype, -bound, bound)  # noqa: E731
+            uniform = init_lib.UniformRange(-bound, bound)
             out["x_conv"] = (self.param("x_conv", uniform, (self.x_conv, self.inner), jnp.float32),
                              self.param("x_conv_bias", uniform, (self.inner,), jnp.float32))
         return out
@@ -395,10 +382,10 @@ class RecurrenceMixer(MixerBase):
             raise ValueError(f"RecurrenceMixer: scan_impl must be one of {SCAN_IMPLS}, got {self.scan_impl!r}")
         shape = (self.inner, self.state_expansion)
         self.A_logs = [
-            self.param(f"A_log{s}", _s4d_real_init, shape, jnp.float32) for s in branch_suffixes(self.differential)
+            self.param(f"A_log{s}", init_lib.S4DReal(), shape, jnp.float32) for s in branch_suffixes(self.differential)
         ]
-        self.D = self.param("D", nn.initializers.ones, (self.inner,), jnp.float32)
-        self.out = nn.Dense(self.width, use_bias=False, kernel_init=nn.initializers.lecun_normal())
+        self.D = self.param("D", init_lib.ONES, (self.inner,), jnp.float32)
+        self.out = nn.Dense(self.width, use_bias=False, kernel_init=init_lib.LecunNormal())
         if self.differential:
             self.diff_lambda = DiffLambda(self.inner)
 

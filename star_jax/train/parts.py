@@ -40,7 +40,9 @@ import numpy as np
 from star_jax.genome import Genome
 from star_jax.model import compile_genome
 from star_jax.model.program import Program
+from star_jax.ops import init as init_lib
 from star_jax.ops.primitives import rms_norm, rows
+from star_jax.train.draw import InitPlan
 from star_jax.train.optim import FlatLayout
 from star_jax.train.step import masked_sums, step_batch_key
 
@@ -68,7 +70,7 @@ class EmbedKind:
     init_std: float
 
     def init_tree(self, key, seq_len: int):
-        emb = nn.Embed(self.vocab_size, self.width, embedding_init=nn.initializers.normal(self.init_std))
+        emb = nn.Embed(self.vocab_size, self.width, embedding_init=init_lib.Normal(self.init_std))
         return emb.init(key, jnp.zeros((1, seq_len), jnp.int32))["params"]
 
 
@@ -79,9 +81,9 @@ class FinalKind:
     eps: float
 
     def init_tree(self, key, seq_len: int):
-        head = nn.Dense(self.vocab_size, use_bias=False, kernel_init=nn.initializers.normal(1.0 / self.width ** 0.5))
+        head = nn.Dense(self.vocab_size, use_bias=False, kernel_init=init_lib.Normal(1.0 / self.width ** 0.5))
         kernel = head.init(key, jnp.zeros((1, seq_len, self.width), jnp.float32))["params"]
-        return {"head": kernel, "norm": {"scale": jnp.ones((self.width,), jnp.float32)}}
+        return {"head": kernel, "norm": {"scale": init_lib.ONES(None, (self.width,))}}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -112,7 +114,7 @@ class SlotKind:
     def init_tree(self, key, seq_len: int):
         kf, km = jax.random.split(key)
         h = jnp.zeros((1, seq_len, self.width), jnp.float32)
-        tree = {"norm": {"scale": jnp.ones((self.width,), jnp.float32)}}
+        tree = {"norm": {"scale": init_lib.ONES(None, (self.width,))}}
         if self.owner_groups is not None:
             tree["featurizer"] = self.featurizer.init(kf, h, groups=self.owner_groups)["params"]
         feat_shapes = _feature_shapes(self.featurizer, seq_len, self.width)
@@ -163,8 +165,11 @@ class _Programs:
         self.decay = jax.device_put(np.pad(np.concatenate(
             [np.full(n, float(d), np.float32) for n, d in zip(self.layout.sizes, self.layout.decayed)]
             or [np.zeros(0, np.float32)]), (0, self.size - self.layout.size)))
-        # runs once per candidate: compiled for compile speed (about 30% faster), not run speed
-        self.init = jax.jit(self._init, compiler_options={"xla_backend_optimization_level": 0})
+        # one shared program draws the parameters of every kind whose initialisers say how
+        # (star_jax.train.draw); a kind with another initialiser compiles its own, for compile
+        # speed (about 30% faster), not run speed, as it runs once per candidate
+        self.init = InitPlan.build(kind, seq_len, self.layout, self.size) or jax.jit(
+            self._init, compiler_options={"xla_backend_optimization_level": 0})
         self.warmed: set[int] = set()  # batch sizes whose programs are compiled (see warm_up)
         # forward programs keep no residuals; backward programs recompute their part's forward
         # (measured on CPU for an SA-1 block at batch 16, L 127, width 64: 1.9 + 5.3 ms, against

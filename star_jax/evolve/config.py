@@ -382,7 +382,7 @@ class EvolveConfig:
 
         In-context recall at vocabulary 16 and sequence 32, 4-LIV backbones at width 32,
         population 8 over 2 offspring generations, 100 AdamW steps of 16 sequences per candidate
-        (about 7 minutes on 2 CPU cores from a cold compilation cache).
+        (about half a minute on 2 CPU cores from a cold compilation cache).
 
         Arguments:
             **changes: fields to change.

@@ -18,7 +18,11 @@ weight decay, warm-up + cosine schedule) with the hyper-parameters passed as dat
 learning rate or seed does not recompile either.
 
 Initialisation: part ``k`` of a backbone (0: embedding, 1..n: the LIVs, n + 1: final) is
-initialised from ``fold_in(init_key, k)`` by the flax modules' own initialisers.
+initialised from ``fold_in(init_key, k)`` by the flax modules' own initialisers. Their values are
+drawn by one program shared by every kind of a similar size (``star_jax.train.draw``: the kind's
+initialisation is traced once, its keys are derived on the host and one elementwise program draws
+every parameter), bit for bit what the kind's compiled flax initialisation gives; a kind with an
+initialiser that program does not know compiles its own.
 """
 from __future__ import annotations
 

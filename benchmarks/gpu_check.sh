@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # One GPU, one script, about 5 minutes after the machine is up: the compile-count tests, the
 # Transformer++ job end to end (cold and warm compilation cache; one sj.train per candidate, then
-# train_many), one generation of 16 random 8-LIV genomes per population strategy, and last 1
-# against 2 candidates trained at once (whether the default of 1 worker on a GPU is right). Each part has its own timeout and writes its
+# train_many), one generation of 16 random 8-LIV genomes per population strategy, 1 against 2
+# candidates trained at once (whether the default of 1 worker on a GPU is right), and last the part
+# initialisation benchmark (whether the shared draw programs give the same bytes there). Each part
+# has its own timeout and writes its
 # results under OUT_DIR before the next part starts, so a timeout never loses a finished part.
 # Runs with the machine's own jax/flax/optax (no install): PYTHONPATH points at this checkout.
 # Usage: benchmarks/gpu_check.sh OUT_DIR
@@ -34,4 +36,6 @@ for s in sequential static data; do
 done
 # 4. 1 against 2 candidates at once, 4 random genomes, compiled first (metrics checked equal)
 part workers 45 "$PY" benchmarks/workers.py --out "$OUT" --name workers_gpu --candidates 4 --reps 1 --jobs random
+# 5. part initialisation: shared draw programs against per-kind compiled ones (same bytes on a GPU?)
+part part_init 40 "$PY" benchmarks/part_init.py --out "$OUT" --name part_init_gpu --reps 5
 cat "$OUT/parts.jsonl"

@@ -29,6 +29,7 @@ import argparse
 import os
 import time
 
+from compile_options import build_variants  # this directory's build-options benchmark
 from population import _machine, _save_results  # this directory's population benchmark
 from population_step import _median_ms
 
@@ -72,41 +73,10 @@ def contractions(reps: int) -> list[dict]:
 
 
 def opt_levels(reps: int) -> list[dict]:
-    import jax
-    import numpy as np
-
-    import star_jax as sj
-    from star_jax.genome import Genome, classes
-    from star_jax.model import compile_genome
-    from star_jax.train import parts as P
-
-    task = sj.tasks.make("in_context_recall", vocab_size=VOCAB, seq_len=SEQ)
-    cfg = sj.ModelConfig(width=WIDTH, vocab_size=VOCAB, max_len=task.seq_len, head_dim=HEAD_DIM)
-    ids = list(range(1, 18))
-    model = P.PartModel(compile_genome(Genome([[c, 1, 1, 1, 1] for c in ids]), cfg), task.seq_len)
-    vecs, _, _ = model.init(0)
-    rs = np.random.RandomState(1)
-    x = jax.device_put(rs.randn(BATCH, task.seq_len - 1, WIDTH).astype(np.float32))
-    ct = (jax.device_put(rs.randn(BATCH, task.seq_len - 1, WIDTH).astype(np.float32)), {})
-    rows = []
-    for k, cid in enumerate(ids, start=1):
-        prog = model.progs[k]
-        row = {"class_id": cid, "class": classes.get_liv_class(cid).name}
-        outs = {}
-        for label, options in (("default", None), ("level1", OPT_LEVEL)):
-            kw = {} if options is None else {"compiler_options": options}
-            fargs, bargs = (vecs[k], None, x, {}), (vecs[k], None, x, {}, ct)
-            t = time.perf_counter()
-            fwd = jax.jit(prog._slot_forward, **kw).lower(*fargs).compile()
-            bwd = jax.jit(prog._slot_backward, **kw).lower(*bargs).compile()
-            row[f"{label}_compile_s"] = time.perf_counter() - t
-            row[f"{label}_ms"] = _median_ms(fwd, fargs, reps)[0] + _median_ms(bwd, bargs, reps)[0]
-            outs[label] = jax.tree.leaves(jax.device_get((fwd(*fargs), bwd(*bargs))))
-        row["bit_identical"] = all(np.array_equal(a, b) for a, b in zip(outs["default"], outs["level1"]))
-        rows.append(row)
-        print(f"{row['class']:>14}: compile {row['default_compile_s']:.2f} -> {row['level1_compile_s']:.2f} s, "
-              f"run {row['default_ms']:.2f} -> {row['level1_ms']:.2f} ms, identical {row['bit_identical']}",
-              flush=True)
+    setting = {"name": "peer job", "width": WIDTH, "seq": SEQ, "head_dim": HEAD_DIM, "batch": BATCH, "vocab": VOCAB}
+    rows = build_variants(setting, {"level1": OPT_LEVEL}, reps)
+    for r in rows:
+        r["bit_identical"] = r.pop("level1_identical")
     return rows
 
 

@@ -3,10 +3,12 @@
 Each initialiser here is a frozen dataclass that returns, when called as ``init(key, shape,
 dtype)``, exactly what the flax/jax initialiser it names returns (it calls that initialiser; the
 tests check it bit for bit). It also says how its values come from the key's random bits
-(``draw(shape)``: a ``Draw``). With every parameter of a part described that way,
-``star_jax.train.parts`` initialises any part kind with one compiled program per vector length
-(``star_jax.train.draw``) instead of compiling the flax initialisation of every kind, which on
-a CPU cost more compile time than the part's forward and backward programs together.
+(``draw(shape)``: a ``Draw``, or None for the few whose compiled rounding that program cannot
+reproduce; those get a small program per initialiser and shape). With every parameter of a part
+from these initialisers, ``star_jax.train.parts`` initialises any part kind with one compiled
+program per vector length (``star_jax.train.draw``) instead of compiling the flax initialisation
+of every kind, which on a CPU cost more compile time than the part's forward and backward
+programs together.
 
 Public API:
   LecunNormal(), VarianceScaling(scale, distribution)  fan-in variance scaling (flax's)
@@ -20,7 +22,7 @@ Public API:
   capture() -> list                                     context: initialisers record, not draw
 
 Inside ``with capture() as seen:`` a call returns zeros and appends ``(array, key, init,
-shape)`` to ``seen``; ``star_jax.train.parts`` traces a kind's initialisation that way to learn
+shape, dtype)`` to ``seen``; ``star_jax.train.parts`` traces a kind's initialisation that way to learn
 which key and draw every parameter has.
 """
 from __future__ import annotations
@@ -71,7 +73,8 @@ _STATE = threading.local()
 
 @contextlib.contextmanager
 def capture() -> Iterator[list]:
-    """Within the block, initialisers here return zeros and record ``(array, key, init, shape)``."""
+    """Within the block (this thread only), initialisers here return zeros and record
+    ``(array, key, init, shape, dtype)``."""
     prev = getattr(_STATE, "seen", None)
     _STATE.seen = seen = []
     try:

@@ -316,10 +316,11 @@ class InitPlan:
             if k >= 0:
                 keys[j] = data[k]
         shift = self.shift_dev
-        if self.own:
+        if self.own:  # all dispatched first, then gathered
             shift = self.shift.copy()
-            for k, init, shape, off in self.own:
-                values = np.asarray(_own_program(init, shape)(data[k]), np.float32).ravel()
+            drawn = [(off, _own_program(init, shape)(data[k])) for k, init, shape, off in self.own]
+            for off, values in drawn:
+                values = np.asarray(values, np.float32).ravel()
                 shift[off: off + values.size] = values
         return draw_vector(keys, *self.tables, shift, size=self.size)
 

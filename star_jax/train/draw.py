@@ -196,30 +196,30 @@ _OPTS = {"xla_backend_optimization_level": 0}
 
 
 @functools.partial(jax.jit, static_argnames=("size",), compiler_options=_OPTS)
-def draw_vector(keys, family, start, params, shifted, leaf, shift, *, size):
+def draw_vector(keys, rows, leaf, shift, *, size):
     """``(vec, zeros, zeros)``: element ``i`` of parameter ``leaf[i]`` drawn as ``Draw`` says.
 
-    keys: uint32 [M, 2]; family: int32 [M]; start: uint32 [M] (first element of each
-    parameter); params: float32 [M, 5] (lo, hi, clip_lo, clip_hi, scale); shifted: bool [M];
-    leaf: int32 [size]; shift: float32 [size].
+    keys: uint32 [M, 3] (each parameter's key and its first element in the vector); rows:
+    float32 [M, 7] (lo, hi, clip_lo, clip_hi, scale, family, shifted); leaf: int32 [size];
+    shift: float32 [size]. (Two row gathers per element: on a CPU, gathering each column apart
+    took most of the program's time.)
     """
     i = jax.lax.iota(jnp.uint32, size)
     k = keys[leaf]
-    ctr = i - start[leaf]
+    ctr = i - k[:, 2]
     b1, b2 = threefry2x32(k[:, 0], k[:, 1], jnp.zeros_like(ctr), ctr)
     bits = b1 ^ b2
     # jax.random.uniform: 23 random mantissa bits under exponent 0, minus 1, scaled to [lo, hi)
     one = np.array(1.0, np.float32).view(np.uint32)
     floats = jax.lax.bitcast_convert_type((bits >> jnp.uint32(9)) | jnp.uint32(one), jnp.float32) - jnp.float32(1.0)
-    pr = params[leaf]
-    lo, hi, clip_lo, clip_hi, scale = (pr[:, j] for j in range(5))
+    pr = rows[leaf]
+    lo, hi, clip_lo, clip_hi, scale, fam, shifted = (pr[:, j] for j in range(7))
     u = jax.lax.max(lo, floats * (hi - lo) + lo)
     normal = jax.lax.erf_inv(u)  # jax.random.normal / truncated_normal, less the sqrt(2) (see Draw)
-    fam = family[leaf]
     base = jnp.where(fam == I.NORMAL, normal,
                      jnp.where(fam == I.TRUNCATED, jnp.clip(jnp.float32(np.sqrt(2)) * normal, clip_lo, clip_hi),
                                jnp.where(fam == I.CONSTANT, jnp.float32(0.0), u)))
-    vec = jnp.where(shifted[leaf], base * scale + shift, base * scale)
+    vec = jnp.where(shifted > 0, base * scale + shift, base * scale)
     return vec, jnp.zeros_like(vec), jnp.zeros_like(vec)
 
 
@@ -249,27 +249,25 @@ class InitPlan:
         while m < n + 1:  # one spare row: the padding after the last parameter draws 0
             m *= 2
         self.keys, self.key_of, self.size, self.rows = keys, key_of, size, m
-        family = np.full(m, I.CONSTANT, np.int32)
-        start = np.zeros(m, np.uint32)
-        params = np.zeros((m, 5), np.float32)
-        shifted = np.zeros(m, bool)
+        self.starts = np.zeros(m, np.uint32)
+        rows = np.zeros((m, 7), np.float32)  # lo, hi, clip_lo, clip_hi, scale, family, shifted
+        rows[:, 5] = I.CONSTANT
         leaf = np.full(size, n, np.int32)
         shift = np.zeros(size, np.float32)
         self.own = []  # (key row, initialiser, shape, offset) of parameters with their own program
         for j, (d, off, sz, shape) in enumerate(zip(draws, layout.offsets, layout.sizes, layout.shapes)):
             leaf[off: off + sz] = j
-            start[j] = off
+            self.starts[j] = off
             if isinstance(d, I.Draw):
-                family[j] = d.family
-                params[j] = (d.lo, d.hi, d.clip_lo, d.clip_hi, d.scale)
+                rows[j, :6] = (d.lo, d.hi, d.clip_lo, d.clip_hi, d.scale, d.family)
                 if d.shift is not None:
-                    shifted[j] = True
+                    rows[j, 6] = 1
                     shift[off: off + sz] = np.broadcast_to(np.asarray(d.shift, np.float32), shape).ravel()
             else:  # its values arrive through ``shift`` (family CONSTANT: 0 * scale + shift)
-                shifted[j] = True
+                rows[j, 6] = 1
                 self.own.append((key_of[j], d, tuple(shape), off))
         self.shift = shift
-        self.tables = tuple(jax.device_put(a) for a in (family, start, params, shifted, leaf))
+        self.tables = (jax.device_put(rows), jax.device_put(leaf))
         self.shift_dev = None if self.own else jax.device_put(shift)
 
     @classmethod
@@ -311,10 +309,11 @@ class InitPlan:
 
     def __call__(self, seed, index):
         data = self.keys(np.uint32(seed), np.int32(index))
-        keys = np.zeros((self.rows, 2), np.uint32)
+        keys = np.zeros((self.rows, 3), np.uint32)
+        keys[:, 2] = self.starts
         for j, k in enumerate(self.key_of):
             if k >= 0:
-                keys[j] = data[k]
+                keys[j, :2] = data[k]
         shift = self.shift_dev
         if self.own:  # all dispatched first, then gathered
             shift = self.shift.copy()

@@ -180,8 +180,6 @@ def selective_scan(
     raise ValueError(f"selective_scan: impl must be one of {SCAN_IMPLS}, got {impl!r}")
 
 
-
-
 class RecurrenceFeaturizer(FeaturizerBase):
     """Featurizer of the selective SSM: value x, output gate z, and the input-varying B, C, dt.
 

@@ -37,5 +37,5 @@ done
 # 4. 1 against 2 candidates at once, 4 random genomes, compiled first (metrics checked equal)
 part workers 45 "$PY" benchmarks/workers.py --out "$OUT" --name workers_gpu --candidates 4 --reps 1 --jobs random
 # 5. part initialisation: shared draw programs against per-kind compiled ones (same bytes on a GPU?)
-part part_init 40 "$PY" benchmarks/part_init.py --out "$OUT" --name part_init_gpu --reps 5
+part part_init 30 "$PY" benchmarks/part_init.py --out "$OUT" --name part_init_gpu --reps 3
 cat "$OUT/parts.jsonl"

@@ -8,28 +8,36 @@ checked bit for bit against the default build's forward outputs and gradients. E
 here changes results in the last bits for some classes, which would move recorded results; the
 table says how much compile time each would buy and what it would cost in run time.
 
-Variants: ``level1``: xla_backend_optimization_level 1; ``no_fusion_emitters``:
-xla_cpu_use_fusion_emitters false (XLA's older elemental emitters for fusions).
+Variants on a CPU: ``level1``: xla_backend_optimization_level 1; ``no_fusion_emitters``:
+xla_cpu_use_fusion_emitters false (XLA's older elemental emitters for fusions). On a GPU:
+``level1`` and ``autotune0``: xla_gpu_autotune_level 0 (no autotuning of GEMM and fusion
+configurations while compiling).
 
 Usage: python benchmarks/compile_options.py [--reps 10] [--name compile_options]
+           [--settings "quick run,peer job"] [--classes 1,5,9]
 """
 from __future__ import annotations
 
 import argparse
 import os
+import shlex
 import time
 
 from population import _machine, _save_results  # this directory's population benchmark
 from population_step import _median_ms
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-VARIANTS = {"level1": {"xla_backend_optimization_level": 1},
-            "no_fusion_emitters": {"xla_cpu_use_fusion_emitters": False}}
+VARIANTS = {"cpu": {"level1": {"xla_backend_optimization_level": 1},
+                    "no_fusion_emitters": {"xla_cpu_use_fusion_emitters": False}},
+            "gpu": {"level1": {"xla_backend_optimization_level": 1},
+                    "autotune0": {"xla_gpu_autotune_level": 0}}}
+ALL_CLASSES = tuple(range(1, 18))
 SETTINGS = ({"name": "quick run", "width": 32, "seq": 32, "head_dim": 8, "batch": 16, "vocab": 16},
             {"name": "peer job", "width": 64, "seq": 128, "head_dim": 16, "batch": 16, "vocab": 32})
 
 
-def build_variants(setting: dict, variants: dict, reps: int, verbose: bool = True) -> list[dict]:
+def build_variants(setting: dict, variants: dict, reps: int, verbose: bool = True,
+                   class_ids: tuple[int, ...] = ALL_CLASSES) -> list[dict]:
     """Per class: ``{label}_compile_s`` and ``{label}_ms`` (forward + backward) for "default" and
     every variant, and ``{label}_identical`` (outputs and gradients equal the default build's)."""
     import jax
@@ -43,7 +51,7 @@ def build_variants(setting: dict, variants: dict, reps: int, verbose: bool = Tru
     task = sj.tasks.make("in_context_recall", vocab_size=setting["vocab"], seq_len=setting["seq"])
     cfg = sj.ModelConfig(width=setting["width"], vocab_size=setting["vocab"], max_len=task.seq_len,
                          head_dim=setting["head_dim"])
-    ids = list(range(1, 18))
+    ids = list(class_ids)
     model = P.PartModel(compile_genome(Genome([[c, 1, 1, 1, 1] for c in ids]), cfg), task.seq_len)
     vecs, _, _ = model.init(0)
     rs = np.random.RandomState(1)
@@ -98,7 +106,7 @@ def markdown(out: dict) -> str:
         lines += [""] + [f"- {x}: compile {sums[x][0]:.1f} s ({sums[x][0] / base[0]:.2f}x default), run "
                          f"{sums[x][1]:.1f} ms ({sums[x][1] / base[1]:.2f}x)"
                          + ("" if x == "default" else
-                            f", {sum(not r[x + '_identical'] for r in rows)} of 17 classes not bit-identical")
+                            f", {sum(not r[x + '_identical'] for r in rows)} of {len(rows)} classes not bit-identical")
                          for x in labels]
     return "\n".join(lines) + "\n"
 
@@ -108,11 +116,25 @@ def main() -> None:
     ap.add_argument("--name", default="compile_options")
     ap.add_argument("--reps", type=int, default=10)
     ap.add_argument("--out", default=os.path.join(HERE, "results"))
+    ap.add_argument("--settings", default=",".join(s["name"] for s in SETTINGS), help="comma-separated")
+    ap.add_argument("--classes", default=",".join(map(str, ALL_CLASSES)), help="comma-separated class ids")
     args = ap.parse_args()
-    out = {"reps": args.reps, "machine": _machine(), "variants": VARIANTS,
-           "command": "python benchmarks/compile_options.py" + (f" --reps {args.reps}" if args.reps != 10 else "")
-           + (f" --name {args.name}" if args.name != "compile_options" else ""),
-           "settings": [{**s, "rows": build_variants(s, VARIANTS, args.reps)} for s in SETTINGS]}
+    import jax
+
+    variants = VARIANTS["cpu" if jax.default_backend() == "cpu" else "gpu"]
+    names = [x.strip() for x in args.settings.split(",")]
+    unknown = sorted(set(names) - {s["name"] for s in SETTINGS})
+    if unknown:
+        ap.error(f"--settings: unknown {unknown}; choose from {[s['name'] for s in SETTINGS]}")
+    class_ids = tuple(int(c) for c in args.classes.split(","))
+    command = "python benchmarks/compile_options.py" + "".join(
+        f" {flag} {shlex.quote(str(value))}" for flag, value, default in (
+            ("--reps", args.reps, 10), ("--name", args.name, "compile_options"),
+            ("--settings", args.settings, ",".join(s["name"] for s in SETTINGS)),
+            ("--classes", args.classes, ",".join(map(str, ALL_CLASSES)))) if value != default)
+    out = {"reps": args.reps, "machine": _machine(), "variants": variants, "command": command,
+           "settings": [{**s, "rows": build_variants(s, variants, args.reps, class_ids=class_ids)}
+                        for s in SETTINGS if s["name"] in names]}
     _save_results(args.out, args.name, out, markdown(out))
 
 

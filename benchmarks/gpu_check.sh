@@ -2,9 +2,10 @@
 # One GPU, one script, about 5 minutes after the machine is up: the compile-count tests, the
 # Transformer++ job end to end (cold and warm compilation cache; one sj.train per candidate, then
 # train_many), one generation of 16 random 8-LIV genomes per population strategy, 1 against 2
-# candidates trained at once (whether the default of 1 worker on a GPU is right), and last the part
-# initialisation benchmark (whether the shared draw programs give the same bytes there). Each part
-# has its own timeout and writes its
+# candidates trained at once (whether the default of 1 worker on a GPU is right), the part
+# initialisation benchmark (whether the shared draw programs give the same bytes there), and last
+# the compile time with XLA's GPU autotuning off (xla_gpu_autotune_level 0; a candidate for the
+# GPU default if it compiles much faster). Each part has its own timeout and writes its
 # results under OUT_DIR before the next part starts, so a timeout never loses a finished part.
 # Runs with the machine's own jax/flax/optax (no install): PYTHONPATH points at this checkout.
 # Usage: benchmarks/gpu_check.sh OUT_DIR
@@ -38,4 +39,7 @@ done
 part workers 45 "$PY" benchmarks/workers.py --out "$OUT" --name workers_gpu --candidates 4 --reps 1 --jobs random
 # 5. part initialisation: shared draw programs against per-kind compiled ones (same bytes on a GPU?)
 part part_init 30 "$PY" benchmarks/part_init.py --out "$OUT" --name part_init_gpu --reps 3
+# 6. compile time of the Transformer++ and two other kinds' programs without GEMM/fusion autotuning
+part compile_options 45 "$PY" benchmarks/compile_options.py --out "$OUT" --name compile_options_gpu \
+  --settings "peer job" --classes 1,9,5,8 --reps 3
 cat "$OUT/parts.jsonl"

@@ -52,7 +52,8 @@ class Draw:
     ``u = max(lo, f * (hi - lo) + lo)`` with ``f`` in [0, 1) from the bits (jax.random.uniform);
     family UNIFORM takes ``u``, NORMAL ``erf_inv(u)``, TRUNCATED ``sqrt(2) erf_inv(u)`` clipped
     to ``[clip_lo, clip_hi]``, CONSTANT 0; then ``value = base * scale (+ shift)``. ``shift`` is
-    a scalar or an array of the parameter's shape; ``None`` adds nothing.
+    a scalar or an array of the parameter's shape; ``None`` adds nothing. With ``shift_first =
+    n`` a scalar shift goes to the first ``n`` elements only, and the others add 0.
 
     A NORMAL draw's ``scale`` includes the ``sqrt(2)`` of ``jax.random.normal``: in a compiled
     initialisation XLA folds the two constant factors of ``sqrt(2) erf_inv(u) * stddev`` into
@@ -66,6 +67,7 @@ class Draw:
     clip_hi: float = 0.0
     scale: float = 1.0
     shift: Any = None
+    shift_first: int | None = None
 
 
 _STATE = threading.local()
@@ -219,9 +221,7 @@ class ConvPassThrough(_Init):
         return delta + self.noise * jax.random.normal(key, shape, dtype)
 
     def draw(self, shape):
-        delta = np.zeros(shape, F32)
-        delta[0] = 1.0
-        return dataclasses.replace(_normal(self.noise), shift=delta)
+        return dataclasses.replace(_normal(self.noise), shift=F32(1.0), shift_first=math.prod(shape[1:]))
 
 
 @dataclasses.dataclass(frozen=True)

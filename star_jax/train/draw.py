@@ -29,6 +29,7 @@ Public API:
 from __future__ import annotations
 
 import functools
+import math
 import threading
 from typing import Any
 
@@ -196,15 +197,21 @@ _OPTS = {"xla_backend_optimization_level": 0}
 
 
 @functools.partial(jax.jit, static_argnames=("size",), compiler_options=_OPTS)
-def draw_vector(keys, rows, leaf, shift, *, size):
-    """``(vec, zeros, zeros)``: element ``i`` of parameter ``leaf[i]`` drawn as ``Draw`` says.
+def draw_vector(keys, rows, extra, *, size):
+    """``(vec, zeros, zeros)``: element ``i`` of the parameter whose span holds it, drawn as its
+    ``Draw`` says.
 
-    keys: uint32 [M, 3] (each parameter's key and its first element in the vector); rows:
-    float32 [M, 7] (lo, hi, clip_lo, clip_hi, scale, family, shifted); leaf: int32 [size];
-    shift: float32 [size]. (Two row gathers per element: on a CPU, gathering each column apart
-    took most of the program's time.)
+    keys: uint32 [M, 4]: each parameter's key, its first element in the vector (ascending; the
+    spare rows after the last parameter start where the parameters end) and how many of its
+    first elements take the scalar shift; rows: float32 [M, 8]: lo, hi, clip_lo, clip_hi, scale,
+    family, shift mode (0 none, 1 the scalar in column 8, 2 ``extra``'s elements), scalar shift;
+    extra: float32 [size] (zeros unless a parameter's shift is an array, or values from a
+    parameter's own program). Only these small tables are kept per part kind (no per-element
+    array: a vector of a scaled-up model has millions of elements); which parameter an element
+    belongs to is found by a binary search over the starts (about 20% of a call's time).
     """
     i = jax.lax.iota(jnp.uint32, size)
+    leaf = jnp.searchsorted(keys[:, 2], i, side="right") - 1  # the last parameter starting at or before i
     k = keys[leaf]
     ctr = i - k[:, 2]
     b1, b2 = threefry2x32(k[:, 0], k[:, 1], jnp.zeros_like(ctr), ctr)
@@ -213,14 +220,26 @@ def draw_vector(keys, rows, leaf, shift, *, size):
     one = np.array(1.0, np.float32).view(np.uint32)
     floats = jax.lax.bitcast_convert_type((bits >> jnp.uint32(9)) | jnp.uint32(one), jnp.float32) - jnp.float32(1.0)
     pr = rows[leaf]
-    lo, hi, clip_lo, clip_hi, scale, fam, shifted = (pr[:, j] for j in range(7))
+    lo, hi, clip_lo, clip_hi, scale, fam, mode, row_shift = (pr[:, j] for j in range(8))
     u = jax.lax.max(lo, floats * (hi - lo) + lo)
     normal = jax.lax.erf_inv(u)  # jax.random.normal / truncated_normal, less the sqrt(2) (see Draw)
     base = jnp.where(fam == I.NORMAL, normal,
                      jnp.where(fam == I.TRUNCATED, jnp.clip(jnp.float32(np.sqrt(2)) * normal, clip_lo, clip_hi),
                                jnp.where(fam == I.CONSTANT, jnp.float32(0.0), u)))
-    vec = jnp.where(shifted > 0, base * scale + shift, base * scale)
+    shift = jnp.where(mode == 2, extra, jnp.where(ctr < k[:, 3], row_shift, jnp.float32(0.0)))
+    vec = jnp.where(mode > 0, base * scale + shift, base * scale)
     return vec, jnp.zeros_like(vec), jnp.zeros_like(vec)
+
+
+_ZEROS: dict = {}
+
+
+def _device_zeros(size: int):
+    """One device vector of zeros per length, shared by every plan without array shifts."""
+    z = _ZEROS.get(size)
+    if z is None:
+        z = _ZEROS[size] = jax.device_put(np.zeros(size, np.float32))
+    return z
 
 
 _OWN: dict = {}
@@ -246,29 +265,29 @@ class InitPlan:
     def __init__(self, keys: KeyGraph, key_of: list[int], draws: list, layout: Any, size: int):
         n = len(draws)
         m = 16
-        while m < n + 1:  # one spare row: the padding after the last parameter draws 0
+        while m < n + 1:  # spare rows: they start where the parameters end and draw the padding's 0
             m *= 2
         self.keys, self.key_of, self.size, self.rows = keys, key_of, size, m
-        self.starts = np.zeros(m, np.uint32)
-        rows = np.zeros((m, 7), np.float32)  # lo, hi, clip_lo, clip_hi, scale, family, shifted
+        self.starts = np.full(m, layout.size, np.uint32)
+        self.first = np.zeros(m, np.uint32)  # elements of each parameter the scalar shift reaches
+        rows = np.zeros((m, 8), np.float32)  # see draw_vector
         rows[:, 5] = I.CONSTANT
-        leaf = np.full(size, n, np.int32)
-        shift = np.zeros(size, np.float32)
+        self.arrays = []  # (offset, values) of parameters whose shift is an array
         self.own = []  # (key row, initialiser, shape, offset) of parameters with their own program
-        for j, (d, off, sz, shape) in enumerate(zip(draws, layout.offsets, layout.sizes, layout.shapes)):
-            leaf[off: off + sz] = j
+        for j, (d, off, shape) in enumerate(zip(draws, layout.offsets, layout.shapes)):
             self.starts[j] = off
             if isinstance(d, I.Draw):
                 rows[j, :6] = (d.lo, d.hi, d.clip_lo, d.clip_hi, d.scale, d.family)
-                if d.shift is not None:
-                    rows[j, 6] = 1
-                    shift[off: off + sz] = np.broadcast_to(np.asarray(d.shift, np.float32), shape).ravel()
-            else:  # its values arrive through ``shift`` (family CONSTANT: 0 * scale + shift)
-                rows[j, 6] = 1
+                if d.shift is not None and np.ndim(d.shift) == 0:
+                    rows[j, 6:] = (1, d.shift)
+                    self.first[j] = math.prod(shape) if d.shift_first is None else d.shift_first
+                elif d.shift is not None:
+                    rows[j, 6] = 2
+                    self.arrays.append((off, np.broadcast_to(np.asarray(d.shift, np.float32), shape).ravel()))
+            else:  # its values arrive through ``extra`` (family CONSTANT: 0 * scale + shift)
+                rows[j, 6] = 2
                 self.own.append((key_of[j], d, tuple(shape), off))
-        self.shift = shift
-        self.tables = (jax.device_put(rows), jax.device_put(leaf))
-        self.shift_dev = None if self.own else jax.device_put(shift)
+        self.table = jax.device_put(rows)
 
     @classmethod
     def build(cls, kind: Any, seq_len: int, layout: Any, size: int) -> "InitPlan | None":
@@ -309,18 +328,18 @@ class InitPlan:
 
     def __call__(self, seed, index):
         data = self.keys(np.uint32(seed), np.int32(index))
-        keys = np.zeros((self.rows, 3), np.uint32)
-        keys[:, 2] = self.starts
+        keys = np.zeros((self.rows, 4), np.uint32)
+        keys[:, 2], keys[:, 3] = self.starts, self.first
         for j, k in enumerate(self.key_of):
             if k >= 0:
                 keys[j, :2] = data[k]
-        shift = self.shift_dev
-        if self.own:  # all dispatched first, then gathered
-            shift = self.shift.copy()
-            drawn = [(off, _own_program(init, shape)(data[k])) for k, init, shape, off in self.own]
-            for off, values in drawn:
-                values = np.asarray(values, np.float32).ravel()
-                shift[off: off + values.size] = values
-        return draw_vector(keys, *self.tables, shift, size=self.size)
+        if not (self.arrays or self.own):
+            return draw_vector(keys, self.table, _device_zeros(self.size), size=self.size)
+        drawn = [(off, _own_program(init, shape)(data[k])) for k, init, shape, off in self.own]  # dispatched first
+        extra = np.zeros(self.size, np.float32)
+        for off, values in self.arrays + drawn:
+            values = np.asarray(values, np.float32).ravel()
+            extra[off: off + values.size] = values
+        return draw_vector(keys, self.table, extra, size=self.size)
 
 

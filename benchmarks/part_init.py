@@ -33,6 +33,7 @@ def measure(reps: int) -> list[dict]:
     from star_jax.genome import Genome
     from star_jax.model import compile_genome
     from star_jax.train import parts as P
+    from star_jax.train.draw import INIT_OPTIONS
 
     compiles = [0]
     jax.monitoring.register_event_duration_secs_listener(
@@ -60,7 +61,7 @@ def measure(reps: int) -> list[dict]:
         model = P.PartModel(compile_genome(genome, cfg), task.seq_len)
         build = time.perf_counter() - t0
         plan_vecs, plan_s, plan_n = first(lambda: model.init(0)[0])
-        own = [jax.jit(p._init, compiler_options={"xla_backend_optimization_level": 0}) for p in model.progs]
+        own = [jax.jit(p._init, compiler_options=INIT_OPTIONS) for p in model.progs]
 
         def own_init(seed=0):
             return [f(np.uint32(seed), np.int32(k))[0] for k, f in enumerate(own)]

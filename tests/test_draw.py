@@ -15,7 +15,7 @@ from star_jax.train import draw as D
 from star_jax.train import parts as P
 from star_jax.train.optim import FlatLayout
 
-O0 = {"xla_backend_optimization_level": 0}
+O0 = D.INIT_OPTIONS  # what each kind's own initialisation was compiled with
 
 
 def assert_same(got, want, what=None):
@@ -119,6 +119,13 @@ def test_every_initialiser_is_drawn_as_compiled(init, shape):
         want = np.asarray(jax.jit(own, compiler_options=O0)(np.uint32(seed), np.int32(index)))
         assert_same(got[: layout.size], want)
         assert not np.any(got[layout.size:])
+
+
+@pytest.mark.parametrize("scale, distribution, match", [
+    (1.0, "fan_avg", "distribution must be one of"), (0.0, "normal", "scale must be positive")])
+def test_a_bad_variance_scaling_is_refused_where_it_is_made(scale, distribution, match):
+    with pytest.raises(ValueError, match=match):
+        I.VarianceScaling(scale, distribution)
 
 
 def test_a_foreign_initialiser_keeps_its_own_compiled_initialisation():

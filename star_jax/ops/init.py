@@ -31,7 +31,7 @@ import contextlib
 import dataclasses
 import math
 import threading
-from typing import Any, Iterator
+from typing import Iterator
 
 import flax.linen as nn
 import jax
@@ -52,8 +52,8 @@ class Draw:
     ``u = max(lo, f * (hi - lo) + lo)`` with ``f`` in [0, 1) from the bits (jax.random.uniform);
     family UNIFORM takes ``u``, NORMAL ``erf_inv(u)``, TRUNCATED ``sqrt(2) erf_inv(u)`` clipped
     to ``[clip_lo, clip_hi]``, CONSTANT 0; then ``value = base * scale (+ shift)``. ``shift`` is
-    a scalar or an array of the parameter's shape; ``None`` adds nothing. With ``shift_first =
-    n`` a scalar shift goes to the first ``n`` elements only, and the others add 0.
+    a scalar (``None`` adds nothing); with ``shift_first = n`` it goes to the first ``n``
+    elements only, and the others add 0.
 
     A NORMAL draw's ``scale`` includes the ``sqrt(2)`` of ``jax.random.normal``: in a compiled
     initialisation XLA folds the two constant factors of ``sqrt(2) erf_inv(u) * stddev`` into
@@ -66,7 +66,7 @@ class Draw:
     clip_lo: float = 0.0
     clip_hi: float = 0.0
     scale: float = 1.0
-    shift: Any = None
+    shift: float | None = None
     shift_first: int | None = None
 
 
@@ -126,12 +126,22 @@ def _truncated(stddev) -> Draw:
                 F32(stddev))
 
 
+_DISTRIBUTIONS = ("truncated_normal", "normal", "uniform")
+
+
 @dataclasses.dataclass(frozen=True)
 class VarianceScaling(_Init):
     """``flax.linen.initializers.variance_scaling(scale, "fan_in", distribution)``."""
 
     scale: float
-    distribution: str  # "truncated_normal" | "normal" | "uniform"
+    distribution: str  # one of _DISTRIBUTIONS
+
+    def __post_init__(self):
+        if self.distribution not in _DISTRIBUTIONS:
+            raise ValueError(f"VarianceScaling: distribution must be one of {_DISTRIBUTIONS}, "
+                             f"got {self.distribution!r}")
+        if not self.scale > 0:
+            raise ValueError(f"VarianceScaling: scale must be positive, got {self.scale!r}")
 
     def values(self, key, shape, dtype):
         return nn.initializers.variance_scaling(self.scale, "fan_in", self.distribution)(key, shape, dtype)
@@ -142,9 +152,7 @@ class VarianceScaling(_Init):
             return _truncated(np.sqrt(variance) / _TRUNC_STD)
         if self.distribution == "normal":
             return _normal(np.sqrt(variance))
-        if self.distribution == "uniform":
-            return Draw(UNIFORM, F32(-1.0), F32(1.0), scale=np.sqrt(F32(3) * variance))
-        raise ValueError(f"VarianceScaling: unknown distribution {self.distribution!r}")
+        return Draw(UNIFORM, F32(-1.0), F32(1.0), scale=np.sqrt(F32(3) * variance))  # "uniform"
 
 
 def LecunNormal() -> VarianceScaling:  # noqa: N802 - named like flax's initialiser

@@ -193,10 +193,11 @@ class KeyGraph:
 # XLA's backend optimisation level 0, as the per-kind initialisations it replaces were compiled
 # (its float rounding is what the recorded runs used; the default level rounds some erf_inv
 # results differently in the last bit)
-_OPTS = {"xla_backend_optimization_level": 0}
+INIT_OPTIONS = {"xla_backend_optimization_level": 0}
+"""XLA options of every initialisation program (shared draw, own programs, per-kind fallback)."""
 
 
-@functools.partial(jax.jit, static_argnames=("size",), compiler_options=_OPTS)
+@functools.partial(jax.jit, static_argnames=("size",), compiler_options=INIT_OPTIONS)
 def draw_vector(keys, rows, extra, *, size):
     """``(vec, zeros, zeros)``: element ``i`` of the parameter whose span holds it, drawn as its
     ``Draw`` says.
@@ -205,8 +206,7 @@ def draw_vector(keys, rows, extra, *, size):
     spare rows after the last parameter start where the parameters end) and how many of its
     first elements take the scalar shift; rows: float32 [M, 8]: lo, hi, clip_lo, clip_hi, scale,
     family, shift mode (0 none, 1 the scalar in column 8, 2 ``extra``'s elements), scalar shift;
-    extra: float32 [size] (zeros unless a parameter's shift is an array, or values from a
-    parameter's own program). Only these small tables are kept per part kind (no per-element
+    extra: float32 [size] (the values of parameters drawn by their own program, else zeros). Only these small tables are kept per part kind (no per-element
     array: a vector of a scaled-up model has millions of elements); which parameter an element
     belongs to is found by a binary search over the starts (about 20% of a call's time).
     """
@@ -235,7 +235,7 @@ _ZEROS: dict = {}
 
 
 def _device_zeros(size: int):
-    """One device vector of zeros per length, shared by every plan without array shifts."""
+    """One device vector of zeros per length, shared by every plan without own-program draws."""
     z = _ZEROS.get(size)
     if z is None:
         z = _ZEROS[size] = jax.device_put(np.zeros(size, np.float32))
@@ -255,7 +255,7 @@ def _own_program(init: Any, shape: tuple[int, ...]):
         prog = _OWN.get(k)
         if prog is None:
             prog = _OWN[k] = jax.jit(lambda kd: init(jax.random.wrap_key_data(kd), shape, jnp.float32),
-                                     compiler_options=_OPTS)
+                                     compiler_options=INIT_OPTIONS)
         return prog
 
 
@@ -267,23 +267,22 @@ class InitPlan:
         m = 16
         while m < n + 1:  # spare rows: they start where the parameters end and draw the padding's 0
             m *= 2
-        self.keys, self.key_of, self.size, self.rows = keys, key_of, size, m
-        self.starts = np.full(m, layout.size, np.uint32)
-        self.first = np.zeros(m, np.uint32)  # elements of each parameter the scalar shift reaches
+        self.keys, self.size = keys, size
+        # draw_vector's keys table without the keys: the starts and shift reaches are fixed
+        self.key_table = np.zeros((m, 4), np.uint32)
+        self.key_table[:, 2] = layout.size
+        self.keyed = np.array([j for j, k in enumerate(key_of) if k >= 0], np.int64)  # rows with a key
+        self.key_rows = np.array([k for k in key_of if k >= 0], np.int64)  # ... and which one
         rows = np.zeros((m, 8), np.float32)  # see draw_vector
         rows[:, 5] = I.CONSTANT
-        self.arrays = []  # (offset, values) of parameters whose shift is an array
         self.own = []  # (key row, initialiser, shape, offset) of parameters with their own program
         for j, (d, off, shape) in enumerate(zip(draws, layout.offsets, layout.shapes)):
-            self.starts[j] = off
+            self.key_table[j, 2] = off
             if isinstance(d, I.Draw):
                 rows[j, :6] = (d.lo, d.hi, d.clip_lo, d.clip_hi, d.scale, d.family)
-                if d.shift is not None and np.ndim(d.shift) == 0:
+                if d.shift is not None:
                     rows[j, 6:] = (1, d.shift)
-                    self.first[j] = math.prod(shape) if d.shift_first is None else d.shift_first
-                elif d.shift is not None:
-                    rows[j, 6] = 2
-                    self.arrays.append((off, np.broadcast_to(np.asarray(d.shift, np.float32), shape).ravel()))
+                    self.key_table[j, 3] = math.prod(shape) if d.shift_first is None else d.shift_first
             else:  # its values arrive through ``extra`` (family CONSTANT: 0 * scale + shift)
                 rows[j, 6] = 2
                 self.own.append((key_of[j], d, tuple(shape), off))
@@ -297,20 +296,20 @@ class InitPlan:
             return None
         found: dict[str, Any] = {}
 
+        def plannable(entries) -> bool:  # every parameter float32, from an initialiser here
+            return all(e is not None and e[3] == jnp.float32 for e in entries)
+
         def traced(seed, index):
             with I.capture() as seen:
                 init_key = jax.random.split(jax.random.key(seed))[0]
                 tree = kind.init_tree(jax.random.fold_in(init_key, index), seq_len)
             by_id = {id(z): (key, init, shape, dtype) for z, key, init, shape, dtype in seen}
-            entries = [by_id.get(id(x)) for x in layout.treedef.flatten_up_to(tree)]
-            found["entries"] = entries
-            if any(e is None or e[3] != jnp.float32 for e in entries):
-                return []
-            return [jax.random.key_data(e[0]) for e in entries if e[0] is not None]
+            entries = found["entries"] = [by_id.get(id(x)) for x in layout.treedef.flatten_up_to(tree)]
+            return [jax.random.key_data(e[0]) for e in entries if e[0] is not None] if plannable(entries) else []
 
         closed = jax.make_jaxpr(traced)(np.uint32(0), np.int32(0))
         entries = found["entries"]
-        if any(e is None or e[3] != jnp.float32 for e in entries):
+        if not plannable(entries):
             return None
         try:
             graph = KeyGraph(closed)
@@ -328,16 +327,14 @@ class InitPlan:
 
     def __call__(self, seed, index):
         data = self.keys(np.uint32(seed), np.int32(index))
-        keys = np.zeros((self.rows, 4), np.uint32)
-        keys[:, 2], keys[:, 3] = self.starts, self.first
-        for j, k in enumerate(self.key_of):
-            if k >= 0:
-                keys[j, :2] = data[k]
-        if not (self.arrays or self.own):
+        keys = self.key_table.copy()
+        if len(self.keyed):
+            keys[self.keyed, :2] = np.stack(data)[self.key_rows]
+        if not self.own:
             return draw_vector(keys, self.table, _device_zeros(self.size), size=self.size)
         drawn = [(off, _own_program(init, shape)(data[k])) for k, init, shape, off in self.own]  # dispatched first
         extra = np.zeros(self.size, np.float32)
-        for off, values in self.arrays + drawn:
+        for off, values in drawn:
             values = np.asarray(values, np.float32).ravel()
             extra[off: off + values.size] = values
         return draw_vector(keys, self.table, extra, size=self.size)

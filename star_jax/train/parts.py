@@ -46,7 +46,7 @@ from star_jax.model import compile_genome
 from star_jax.model.program import Program
 from star_jax.ops import init as init_lib
 from star_jax.ops.primitives import rms_norm, rows
-from star_jax.train.draw import InitPlan
+from star_jax.train.draw import INIT_OPTIONS, InitPlan
 from star_jax.train.optim import FlatLayout
 from star_jax.train.step import masked_sums, step_batch_key
 
@@ -173,7 +173,7 @@ class _Programs:
         # (star_jax.train.draw); a kind with another initialiser compiles its own, for compile
         # speed (about 30% faster), not run speed, as it runs once per candidate
         self.init = InitPlan.build(kind, seq_len, self.layout, self.size) or jax.jit(
-            self._init, compiler_options={"xla_backend_optimization_level": 0})
+            self._init, compiler_options=INIT_OPTIONS)
         self.warmed: set[int] = set()  # batch sizes whose programs are compiled (see warm_up)
         # forward programs keep no residuals; backward programs recompute their part's forward
         # (measured on CPU for an SA-1 block at batch 16, L 127, width 64: 1.9 + 5.3 ms, against

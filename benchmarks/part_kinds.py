@@ -1,71 +1,126 @@
-"""What each LIV class costs in a training step: the forward and the backward part program of
-every one of the 17 classes (one LIV, no sharing) at the peer-job setting (width 64, 4 heads of
-16, L 127, batch 16), as `sj.train` runs them. The backward recomputes its part's forward.
+"""What each LIV class costs in a training step, in two ways a part could train: the forward and
+backward part programs of every one of the 17 classes (one LIV, no sharing).
 
-Times are medians of ``--reps`` timed calls after a warm-up; every class is also given as a
-ratio to GMemless (SwiGLU) timed in the same process, the reference that is least sensitive to
-other load. ``--label`` names the run (e.g. the commit measured), so tables of two versions of
-the code, each run on the same machine, can be set side by side.
+- ``recompute`` (what ``sj.train`` runs): the forward keeps nothing, the backward recomputes it.
+- ``vjp``: the forward returns ``jax.vjp``'s pullback (a pytree holding the residuals), the
+  backward applies it; an evaluation would run that forward too (its residuals written and
+  dropped). Measured, not used: see ``benchmarks/results/residuals.md`` for whole backbones.
+
+Per class and way: compile seconds of the two programs (compiled fresh, one after another),
+medians of ``--reps`` timed calls, the bytes of residuals, and whether the two ways give the same
+outputs and gradients bit for bit. Every class is also given as a ratio to GMemless (SwiGLU)
+timed in the same process. ``--setting`` picks the shapes: the peer job's (width 64, 4 heads of
+16, L 127, batch 16) or the quick run's (width 32, 4 heads of 8, L 31, batch 16).
 
 Usage: python benchmarks/part_kinds.py [--name part_kinds] [--label HEAD] [--reps 30]
+           [--setting "peer job"]
 """
 from __future__ import annotations
 
 import argparse
 import os
 import shlex
+import time
 
 from population import _machine, _save_results  # this directory's population benchmark
 from population_step import _median_ms
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-WIDTH, VOCAB, SEQ, BATCH = 64, 32, 128, 16
+SETTINGS = {"peer job": {"width": 64, "vocab": 32, "seq": 128, "head_dim": 16, "batch": 16},
+            "quick run": {"width": 32, "vocab": 16, "seq": 32, "head_dim": 8, "batch": 16}}
 REFERENCE = 9  # GMemless
 
 
-def measure(reps: int) -> list[dict]:
+def _apply_pullback(pullback, cotangent):
+    """A part's VJP applied to a cotangent, and the squared norm of its parameter gradient (as the
+    recomputing backward returns it)."""
+    import jax.numpy as jnp
+
+    grads = pullback(cotangent)
+    return grads, jnp.sum(jnp.square(grads[0]))
+
+
+def measure(reps: int, setting: dict) -> list[dict]:
     import jax
+    import numpy as np
 
     import star_jax as sj
     from star_jax.genome import Genome, classes
     from star_jax.model import compile_genome
     from star_jax.train import parts as P
 
-    task = sj.tasks.make("in_context_recall", vocab_size=VOCAB, seq_len=SEQ)
-    cfg = sj.ModelConfig(width=WIDTH, vocab_size=VOCAB, max_len=task.seq_len, head_dim=16)
+    task = sj.tasks.make("in_context_recall", vocab_size=setting["vocab"], seq_len=setting["seq"])
+    cfg = sj.ModelConfig(width=setting["width"], vocab_size=setting["vocab"], max_len=task.seq_len,
+                         head_dim=setting["head_dim"])
     ids = list(range(1, 18))
     model = P.PartModel(compile_genome(Genome([[c, 1, 1, 1, 1] for c in ids]), cfg), task.seq_len)
-    P.warm_up([model], BATCH)
     vecs, _, _ = model.init(0)
-    x = jax.random.normal(jax.random.key(0), (BATCH, task.seq_len, WIDTH))
+    rs = np.random.RandomState(0)
+    shape = (setting["batch"], task.seq_len - 1, setting["width"])
+    x = jax.device_put(rs.randn(*shape).astype(np.float32))
+    ct = (jax.device_put(rs.randn(*shape).astype(np.float32)), {})
     rows = []
     for k, cid in enumerate(ids, start=1):
         prog = model.progs[k]
-        fwd, _ = _median_ms(prog.fwd, (vecs[k], None, x, {}), reps)
-        bwd, _ = _median_ms(prog.bwd, (vecs[k], None, x, {}, (x, {})), reps)
-        rows.append({"class_id": cid, "class": classes.get_liv_class(cid).name, "fwd_ms": fwd, "bwd_ms": bwd})
+        fargs = (vecs[k], None, x, {})
+        row = {"class_id": cid, "class": classes.get_liv_class(cid).name}
+        t = time.perf_counter()
+        fwd = jax.jit(prog._slot_forward).lower(*fargs).compile()
+        bwd = jax.jit(prog._slot_backward).lower(*fargs, ct).compile()
+        row["recompute_compile_s"] = time.perf_counter() - t
+        row["recompute_fwd_ms"] = _median_ms(fwd, fargs, reps)[0]
+        row["recompute_bwd_ms"] = _median_ms(bwd, fargs + (ct,), reps)[0]
+        t = time.perf_counter()
+        fwd_vjp = jax.jit(lambda *a, f=prog._slot_forward: jax.vjp(f, *a)).lower(*fargs).compile()
+        out, pullback = fwd_vjp(*fargs)
+        apply = jax.jit(_apply_pullback).lower(pullback, ct).compile()
+        row["vjp_compile_s"] = time.perf_counter() - t
+        row["vjp_fwd_ms"] = _median_ms(fwd_vjp, fargs, reps)[0]
+        row["vjp_bwd_ms"] = _median_ms(apply, (pullback, ct), reps)[0]
+        row["residual_mb"] = sum(a.nbytes for a in jax.tree.leaves(pullback)) / 2 ** 20
+        want = jax.tree.leaves(jax.device_get((fwd(*fargs), bwd(*fargs, ct))))
+        got = jax.tree.leaves(jax.device_get((out, apply(pullback, ct))))
+        row["identical"] = all(np.array_equal(a, b) for a, b in zip(want, got))
+        rows.append(row)
+        print(f"{row['class']:>14}: recompute {row['recompute_compile_s']:.2f} s / "
+              f"{row['recompute_fwd_ms'] + row['recompute_bwd_ms']:.2f} ms, vjp {row['vjp_compile_s']:.2f} s / "
+              f"{row['vjp_fwd_ms'] + row['vjp_bwd_ms']:.2f} ms, {row['residual_mb']:.1f} MiB, "
+              f"identical {row['identical']}", flush=True)
     ref = next(r for r in rows if r["class_id"] == REFERENCE)
-    for r in rows:
-        r["ratio_to_reference"] = (r["fwd_ms"] + r["bwd_ms"]) / (ref["fwd_ms"] + ref["bwd_ms"])
+    for way in ("recompute", "vjp"):
+        ref_ms = ref[f"{way}_fwd_ms"] + ref[f"{way}_bwd_ms"]
+        for r in rows:
+            r[f"{way}_ratio_to_reference"] = (r[f"{way}_fwd_ms"] + r[f"{way}_bwd_ms"]) / ref_ms
     return rows
 
 
 def markdown(out: dict) -> str:
-    m = out["machine"]
-    lines = [f"# Part programs per LIV class: forward and backward of one LIV ({out['label']})", "",
+    m, s, rows = out["machine"], out["setting"], out["rows"]
+    lines = [f"# Part programs per LIV class: forward and backward of one LIV, two ways ({out['label']})", "",
              f"Machine: {m['cpu']}, {m['cores']} cores, JAX {m['jax']} ({m['backend']}). "
              f"Command: `{out['command']}`.",
-             f"Width {WIDTH}, 4 heads of 16, L {SEQ - 1}, batch {BATCH}; median of {out['reps']} calls. "
-             "The backward recomputes the part's forward. Ratio: forward + backward over GMemless's, "
-             "same process.", "",
-             "| class | forward ms | backward ms | forward + backward ms | ratio to GMemless |",
-             "|---|---|---|---|---|"]
-    for r in out["rows"]:
-        lines.append(f"| {r['class']} | {r['fwd_ms']:.2f} | {r['bwd_ms']:.2f} | {r['fwd_ms'] + r['bwd_ms']:.2f} "
-                     f"| {r['ratio_to_reference']:.2f} |")
-    total = sum(r["fwd_ms"] + r["bwd_ms"] for r in out["rows"])
-    ref = next(r for r in out["rows"] if r["class_id"] == REFERENCE)
-    lines += ["", f"Sum over the 17 classes: {total:.1f} ms ({total / (ref['fwd_ms'] + ref['bwd_ms']):.1f}x GMemless)."]
+             f"Setting: {out['setting_name']} (width {s['width']}, heads of {s['head_dim']}, L {s['seq'] - 1}, "
+             f"batch {s['batch']}); median of {out['reps']} calls. vjp: the forward returns its pullback, "
+             "the backward applies it; recompute: the backward recomputes the forward (sj.train's way). Compile: both programs, compiled fresh. Identical: outputs "
+             "and gradients equal bit for bit. Ratio: forward + backward over GMemless's, same process, same way.", "",
+             "| class | recompute: compile s | fwd ms | bwd ms | ratio | vjp: compile s | fwd ms | bwd ms | ratio "
+             "| residual MiB | vjp / recompute (fwd + bwd) | identical |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        rc, vj = r["recompute_fwd_ms"] + r["recompute_bwd_ms"], r["vjp_fwd_ms"] + r["vjp_bwd_ms"]
+        lines.append(f"| {r['class']} | {r['recompute_compile_s']:.2f} | {r['recompute_fwd_ms']:.2f} | "
+                     f"{r['recompute_bwd_ms']:.2f} | {r['recompute_ratio_to_reference']:.2f} | {r['vjp_compile_s']:.2f} | "
+                     f"{r['vjp_fwd_ms']:.2f} | {r['vjp_bwd_ms']:.2f} | {r['vjp_ratio_to_reference']:.2f} | "
+                     f"{r['residual_mb']:.1f} | {vj / rc:.2f} | {'yes' if r['identical'] else 'no'} |")
+    tot = {k: sum(r[k] for r in rows) for k in ("recompute_compile_s", "recompute_fwd_ms", "recompute_bwd_ms",
+                                                  "vjp_compile_s", "vjp_fwd_ms", "vjp_bwd_ms")}
+    rc, vj = tot["recompute_fwd_ms"] + tot["recompute_bwd_ms"], tot["vjp_fwd_ms"] + tot["vjp_bwd_ms"]
+    lines += ["", f"Summed over the 17 classes: compile {tot['recompute_compile_s']:.1f} s (recompute) against "
+              f"{tot['vjp_compile_s']:.1f} s (vjp), {tot['vjp_compile_s'] / tot['recompute_compile_s']:.2f}x; "
+              f"forward + backward {rc:.1f} ms against {vj:.1f} ms, {vj / rc:.2f}x; forward alone (what an "
+              f"evaluation runs) {tot['recompute_fwd_ms']:.1f} ms against {tot['vjp_fwd_ms']:.1f} ms, "
+              f"{tot['vjp_fwd_ms'] / tot['recompute_fwd_ms']:.2f}x. "
+              f"{sum(not r['identical'] for r in rows)} of 17 classes not bit-identical between the two ways."]
     return "\n".join(lines) + "\n"
 
 
@@ -74,12 +129,15 @@ def main() -> None:
     ap.add_argument("--name", default="part_kinds")
     ap.add_argument("--label", default="HEAD", help="what was measured, e.g. a commit")
     ap.add_argument("--reps", type=int, default=30)
+    ap.add_argument("--setting", default="peer job", choices=sorted(SETTINGS))
     ap.add_argument("--out", default=os.path.join(HERE, "results"))
     args = ap.parse_args()
-    out = {"label": args.label, "reps": args.reps, "machine": _machine(),
-           "command": "python benchmarks/part_kinds.py" + (f" --name {args.name}" if args.name != "part_kinds" else "")
-           + (f" --label {shlex.quote(args.label)}" if args.label != "HEAD" else ""),
-           "rows": measure(args.reps)}
+    cmd = "python benchmarks/part_kinds.py" + (f" --name {args.name}" if args.name != "part_kinds" else "") \
+        + (f" --label {shlex.quote(args.label)}" if args.label != "HEAD" else "") \
+        + (f" --setting {shlex.quote(args.setting)}" if args.setting != "peer job" else "")
+    out = {"label": args.label, "reps": args.reps, "machine": _machine(), "command": cmd,
+           "setting_name": args.setting, "setting": SETTINGS[args.setting],
+           "rows": measure(args.reps, SETTINGS[args.setting])}
     _save_results(args.out, args.name, out, markdown(out))
 
 

@@ -101,37 +101,12 @@ def _chain_vs_autodiff(genome: str, seq_len: int = 32):
     return loss, want_loss, grads, want, sq
 
 
-@pytest.mark.parametrize("way", ["vjp", "recompute"])
-def test_part_chain_matches_whole_model_autodiff_with_every_kind_of_sharing(way, monkeypatch):
-    # vjp: each LIV part's backward applies the pullback its forward returned; recompute (parts
-    # whose residuals pass RESIDUAL_LIMIT_BYTES): the backward recomputes the part's forward
-    monkeypatch.setattr(P, "RESIDUAL_LIMIT_BYTES", 0 if way == "recompute" else 1 << 40)
-    model = P.PartModel(compile_genome(sj.Genome.from_string(SHARING), CFG), 32)
-    vecs, _, _ = model.init(0)
-    _, pullbacks, _, _ = model._forward(vecs, jnp.zeros((3, 32), jnp.int32))
-    assert all((p is None) == (way == "recompute") for p in pullbacks[1:-1])
+def test_part_chain_matches_whole_model_autodiff_with_every_kind_of_sharing():
     loss, want_loss, grads, want, sq = _chain_vs_autodiff(SHARING)
     np.testing.assert_allclose(loss, want_loss, rtol=1e-5)
     for k, (g, w) in enumerate(zip(grads, want)):
         np.testing.assert_allclose(g, w, rtol=1e-4, atol=2e-6, err_msg=f"part {k}")
         np.testing.assert_allclose(sq[k], np.sum(np.square(w)), rtol=1e-4, err_msg=f"part {k} norm")
-
-
-def test_both_ways_of_training_a_part_agree_and_the_limit_picks_the_way(task, monkeypatch):
-    g = "1.1.1.1.1-9.1.1.1.1-5.1.1.1.1-7.1.1.1.1"  # attention, SwiGLU, recurrence, gated conv
-    model = P.PartModel(compile_genome(sj.Genome.from_string(g), CFG), task.seq_len)
-    x = jax.ShapeDtypeStruct((TRAIN.batch_size, task.seq_len - 1, CFG.width), jnp.float32)
-    assert all(p.keeps_residuals(jax.ShapeDtypeStruct((p.size,), jnp.float32), None, x, {})
-               for p in model.progs[1:-1])  # these tiny parts hand their residuals on by default
-    vjp = sj.train(g, CFG, task, TRAIN, progress=False)
-    monkeypatch.setattr(P, "RESIDUAL_LIMIT_BYTES", 0)  # every part recomputes its forward
-    recompute = sj.train(g, CFG, task, TRAIN, progress=False)
-    n, again = compiles_of(lambda: sj.train(g, CFG, task, TRAIN, progress=False))
-    assert n == 0  # the recompute programs, compiled by the call before, are kept
-    for key in ("train_loss", "test_loss"):
-        np.testing.assert_allclose(recompute.metrics[key], vjp.metrics[key], rtol=1e-5, err_msg=key)
-        assert again.metrics[key] == recompute.metrics[key]
-    np.testing.assert_allclose(recompute.curve["train_loss"], vjp.curve["train_loss"], rtol=1e-5)
 
 
 def test_to_flax_and_from_flax_round_trip_and_fit_the_model():

@@ -3,13 +3,11 @@
 STAR trains hundreds of small models briefly; compiling a whole model per genome costs more than
 training it. Here a backbone is split into parts: the embedding, one part per LIV (its norm, its
 mixer and, when it owns them, its featurizer weights) and the final part (norm, head, loss).
-Every part kind has a handful of jitted programs (forward returning its VJP, backward applying
-it, optimizer update), keyed by what the part computes and its shapes, never by the genome it
-sits in. A training step chains them on the host: forward through the parts, then their VJPs in
-reverse (``jax.vjp``'s pullback is a pytree, so it crosses a jit boundary and a jitted "apply
-this VJP" program runs it); the evaluation runs the same forwards. A part whose residuals would
-be large (``RESIDUAL_LIMIT_BYTES``) trains with a forward that keeps nothing and a backward that
-recomputes it. A new genome made of LIV kinds already seen in
+Every part kind has a handful of jitted programs (forward, backward, optimizer update), keyed
+by what the part computes and its shapes, never by the genome it sits in. A training step chains
+them on the host: forward through the parts (the evaluation runs the same forwards), then their
+backwards in reverse, each recomputing its part's forward from the part's input and returning
+the gradients of the part's parameters and input. A new genome made of LIV kinds already seen in
 the process therefore compiles nothing; compile cost grows with the number of operator kinds and
 shapes, not with the number of genomes.
 
@@ -177,14 +175,13 @@ class _Programs:
         self.init = InitPlan.build(kind, seq_len, self.layout, self.size) or jax.jit(
             self._init, compiler_options=INIT_OPTIONS)
         self.warmed: set[int] = set()  # batch sizes whose programs are compiled (see warm_up)
-        self._residual_bytes: dict[int, int] = {}  # batch size -> bytes of an LIV part's residuals
+        # forward programs keep no residuals; backward programs recompute their part's forward.
+        # A forward that hands jax.vjp's residuals to a backward that applies them compiled in
+        # 0.84-0.89x the time and ran single parts in 0.86-0.95x (benchmarks/results/
+        # part_kinds_ways*.md), but whole backbones gained nothing end to end: the quick run took
+        # 0.99x, a Transformer++ step at the peer job's shapes 1.11x, its evaluation 2.5x
+        # (residuals written and read back through memory; benchmarks/results/residuals.md)
         if isinstance(kind, SlotKind):
-            # an LIV part trains with a forward that returns its VJP (``jax.vjp``'s pullback, a
-            # pytree holding the residuals) and a backward that applies it; when the residuals
-            # of one call would exceed RESIDUAL_LIMIT_BYTES, with a forward that keeps nothing
-            # and a backward that recomputes it (benchmarks/results/residuals.md)
-            self.fwd_vjp = jax.jit(self._slot_forward_vjp)
-            self.bwd_vjp = jax.jit(_apply_pullback)
             self.fwd = jax.jit(self._slot_forward)
             self.bwd = jax.jit(self._slot_backward)
         elif isinstance(kind, EmbedKind):
@@ -232,29 +229,6 @@ class _Programs:
         (loss, sums), grads = jax.value_and_grad(loss_fn, argnums=(0, 1), has_aux=True)(vec, x)
         return (loss, sums), grads, jnp.sum(jnp.square(grads[0]))
 
-    def _slot_forward_vjp(self, vec, owner_vec, x, shared):
-        return jax.vjp(self._slot_forward, vec, owner_vec, x, shared)
-
-    def keeps_residuals(self, vec, owner_vec, x, shared) -> bool:
-        """Whether this LIV part trains through its VJP at the batch size of ``x`` (its residuals
-        fit ``RESIDUAL_LIMIT_BYTES``, read at each call) rather than recomputing its forward in the
-        backward. The residuals' size is found once per batch size from the shapes alone (arrays
-        or ``jax.ShapeDtypeStruct``)."""
-        batch = int(x.shape[0])
-        size = self._residual_bytes.get(batch)
-        if size is None:
-            _, pullback = jax.eval_shape(self.fwd_vjp, vec, owner_vec, x, shared)
-            size = sum(math.prod(a.shape) * np.dtype(a.dtype).itemsize for a in jax.tree.leaves(pullback))
-            self._residual_bytes[batch] = size
-        return size <= RESIDUAL_LIMIT_BYTES
-
-    def slot_forward(self, vec, owner_vec, x, shared):
-        """``((y, stash), pullback)``: the part's output, and its VJP when it keeps residuals
-        (else None: ``bwd`` recomputes the forward)."""
-        if self.keeps_residuals(vec, owner_vec, x, shared):
-            return self.fwd_vjp(vec, owner_vec, x, shared)
-        return self.fwd(vec, owner_vec, x, shared), None
-
     def _slot_backward(self, vec, owner_vec, x, shared, cotangent):
         _, pullback = jax.vjp(self._slot_forward, vec, owner_vec, x, shared)
         grads = pullback(cotangent)
@@ -273,22 +247,6 @@ class _Programs:
         y = k.mixer.apply({"params": tree["mixer"]}, feats)
         return x + y, {g: feats[g] for g in k.stash_groups}
 
-
-def _apply_pullback(pullback, cotangent):
-    """``grads, |grads[0]|^2``: a part's VJP (from its ``fwd_vjp``) applied to a cotangent."""
-    grads = pullback(cotangent)
-    return grads, jnp.sum(jnp.square(grads[0]))
-
-
-RESIDUAL_LIMIT_BYTES = 4 << 20
-"""Most bytes of residuals one LIV part's training forward hands to its backward; a part with
-more recomputes its forward in the backward instead. Measured on a 2-core CPU
-(``benchmarks/results/residuals.md``): parts of the quick run's shapes (0.8-3.5 MiB of residuals
-each) train faster handing them on and their two programs compile faster; at the peer job's
-shapes (7-34 MiB) a Transformer++ step was slower so (the residuals are written and read back
-from memory, where a recomputed forward stays in cache), as was every evaluation (the forward
-then writes residuals nobody reads). It also bounds memory: an attention's [batch, heads, L, L]
-residuals grow fast with the batch and length."""
 
 _CACHE: "collections.OrderedDict[Hashable, _Programs]" = collections.OrderedDict()
 _CACHE_LOCK = threading.Lock()
@@ -467,26 +425,22 @@ class PartModel:
         return {g: stash[src][g] for g in kind.shared_groups}
 
     def _forward(self, vecs, inputs):
-        """Block inputs of every part, the LIV parts' VJPs (None where a part's backward
-        recomputes its forward), the feature stashes and the final hidden state."""
+        """Block inputs of every part and the final hidden state."""
         n = self.n_parts
         xs: list[Any] = [None] * n
-        pullbacks: list[Any] = [None] * n
         stash: dict[int, dict] = {}
         x = self.progs[0].fwd(vecs[0], inputs)
         for k in range(1, n - 1):
             xs[k] = x
             owner = self.owner_part[k]
-            (x, st), pullbacks[k] = self.progs[k].slot_forward(
-                vecs[k], None if owner is None else vecs[owner], x, self._shared(k, stash))
+            x, st = self.progs[k].fwd(vecs[k], None if owner is None else vecs[owner], x, self._shared(k, stash))
             if self.kinds[k].stash_groups:
                 stash[k] = st
-        return xs, pullbacks, stash, x
+        return xs, stash, x
 
     def loss_and_grads(self, vecs, inputs, targets, hold: list | None = None):
         """``(loss, (loss_sum, n_correct, n_counted)), grads, sqnorms``: one gradient vector and
-        its squared norm per part. An LIV part's backward applies the VJP its forward returned
-        (or, past ``RESIDUAL_LIMIT_BYTES``, recomputes its forward from its input).
+        its squared norm per part. Each part's backward recomputes its forward from its input.
 
         ``hold`` receives the step's intermediate arrays. Dropping the last reference to an array
         whose computation is still queued blocks the host until it has run, which stops the host
@@ -495,8 +449,8 @@ class PartModel:
         """
         n = self.n_parts
         hold = [] if hold is None else hold
-        xs, pullbacks, stash, x = self._forward(vecs, inputs)
-        hold += [xs, pullbacks, stash]
+        xs, stash, x = self._forward(vecs, inputs)
+        hold += [xs, stash]
         grads: list[Any] = [None] * n
         sq: list[Any] = [None] * n
         (loss, sums), (grads[-1], dx), sq[-1] = self.progs[-1].bwd(vecs[-1], x, targets)
@@ -507,11 +461,8 @@ class PartModel:
             ct_stash = d_stash.pop(k) if kind.stash_groups else {}
             owner = self.owner_part[k]
             hold.append(dx)
-            if pullbacks[k] is not None:
-                (dvec, downer, dx, dshared), sq_k = self.progs[k].bwd_vjp(pullbacks[k], (dx, ct_stash))
-            else:
-                (dvec, downer, dx, dshared), sq_k = self.progs[k].bwd(
-                    vecs[k], None if owner is None else vecs[owner], xs[k], self._shared(k, stash), (dx, ct_stash))
+            (dvec, downer, dx, dshared), sq_k = self.progs[k].bwd(
+                vecs[k], None if owner is None else vecs[owner], xs[k], self._shared(k, stash), (dx, ct_stash))
             hold += [dvec, downer, dshared]
             if grads[k] is None:
                 grads[k], sq[k] = dvec, sq_k
@@ -549,13 +500,13 @@ class PartModel:
         threads = max(1, min(int(threads), n))
 
         def run(first: int) -> list:
-            # a batch's intermediates (its parts' residuals among them) are dropped two batches
-            # later: dropping one still queued waits for it, which keeps the host at most two
-            # batches ahead and the memory at two batches' worth
+            # a batch's intermediates are dropped two batches later: dropping one still queued
+            # waits for it, which keeps the host at most two batches ahead and the memory at two
+            # batches' worth (all 80 test batches of the peer job's 8-LIV backbone: about 330 MB)
             outs, hold = [], collections.deque(maxlen=2)
             for b in range(first, n, threads):
-                xs, pullbacks, stash, x = self._forward(vecs, inputs[b])  # the training programs
-                hold.append((xs, pullbacks, stash, x))
+                xs, stash, x = self._forward(vecs, inputs[b])
+                hold.append((xs, stash, x))
                 outs.append(self.progs[-1].fwd(vecs[-1], x, targets[b]))
             jax.block_until_ready(outs)
             del hold  # all done now: releasing them does not block
@@ -596,14 +547,7 @@ def _warm_calls(model: "PartModel", k: int, batch: int) -> list:
         like = lambda groups: {g: _zeros((batch,) + feats[g].shape[1:], feats[g].dtype) for g in groups}  # noqa: E731
         shared = like(kind.shared_groups)
         ct = (x, like(kind.stash_groups))
-
-        def train_programs():  # compiles the pair this part trains with (see keeps_residuals)
-            if prog.keeps_residuals(vec, owner_vec, x, shared):
-                _, pullback = prog.fwd_vjp(vec, owner_vec, x, shared)
-                return prog.bwd_vjp(pullback, ct)
-            return prog.fwd(vec, owner_vec, x, shared), prog.bwd(vec, owner_vec, x, shared, ct)
-
-        calls.append(train_programs)
+        calls += [lambda: prog.fwd(vec, owner_vec, x, shared), lambda: prog.bwd(vec, owner_vec, x, shared, ct)]
     return calls
 
 

@@ -248,6 +248,12 @@ class _Programs:
         return x + y, {g: feats[g] for g in k.stash_groups}
 
 
+EVAL_WINDOW = 2
+"""Test batches whose intermediates an evaluation thread holds at once (``PartModel.eval_sums``).
+Holding every batch's until the end, as before, evaluated the peer job's 1,280 test sequences in
+0.54 s against 0.45-0.50 s holding 1, 2 or 4, and added 442 MB of peak memory against 50-106 MB
+(``benchmarks/results/eval_window.md``)."""
+
 _CACHE: "collections.OrderedDict[Hashable, _Programs]" = collections.OrderedDict()
 _CACHE_LOCK = threading.Lock()
 CACHE_SIZE = 256
@@ -500,10 +506,10 @@ class PartModel:
         threads = max(1, min(int(threads), n))
 
         def run(first: int) -> list:
-            # a batch's intermediates are dropped two batches later: dropping one still queued
-            # waits for it, which keeps the host at most two batches ahead and the memory at two
-            # batches' worth (all 80 test batches of the peer job's 8-LIV backbone: about 330 MB)
-            outs, hold = [], collections.deque(maxlen=2)
+            # a batch's intermediates are dropped EVAL_WINDOW batches later: dropping one still
+            # queued waits for it, which keeps the host at most that many batches ahead and the
+            # memory at that many batches' worth
+            outs, hold = [], collections.deque(maxlen=EVAL_WINDOW)
             for b in range(first, n, threads):
                 xs, stash, x = self._forward(vecs, inputs[b])
                 hold.append((xs, stash, x))

@@ -206,12 +206,14 @@ def test_per_seed_records_train_in_one_call_and_are_stored_as_they_finish(settin
         assert all(rec is got[(3, 4).index(s)][j] for s, j, rec in stored if s == seed)
 
 
-def test_evaluation_over_threads_gives_the_same_sums(setting):
+@pytest.mark.parametrize("window", [2, 1, None])  # None: every batch held to the end
+def test_evaluation_over_threads_gives_the_same_sums(setting, window, monkeypatch):
     from star_jax.model import compile_genome
     from star_jax.train import parts
     from star_jax.train.step import stack_test_batches
 
     task, cfg, tc = setting
+    monkeypatch.setattr(parts, "EVAL_WINDOW", window)
     model = parts.PartModel(compile_genome(sj.Genome.from_string(GENOMES[1]), cfg), task.seq_len)
     vecs = model.init(0)[0]
     inputs, targets = (list(a) for a in stack_test_batches(task, tc.batch_size))

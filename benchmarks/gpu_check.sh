@@ -47,8 +47,9 @@ for s in sequential static data; do
     --strategies "$s:1" --timeout 45
 done
 # the rest while the budget lasts
-# 4. both ways an LIV part can train (VJP handed to the backward, or the forward recomputed), per class
-part part_kinds 40 "$PY" benchmarks/part_kinds.py --out "$OUT" --name part_kinds_gpu --reps 10
+# 4. both ways an LIV part could train (VJP handed to the backward, or the forward recomputed, as
+#    sj.train does) for SA-1, SwiGLU, Rec-1 and SA-1-Diff: whether a GPU would favour the hand-over
+part part_kinds 40 "$PY" benchmarks/part_kinds.py --out "$OUT" --name part_kinds_gpu --reps 10 --classes 1,9,5,10
 # 5. 1 against 2 candidates at once, 4 random genomes, compiled first (metrics checked equal)
 part workers 45 "$PY" benchmarks/workers.py --out "$OUT" --name workers_gpu --candidates 4 --reps 1 --jobs random
 # 6. part initialisation: shared draw programs against per-kind compiled ones (same bytes on a GPU?)

@@ -13,7 +13,7 @@ timed in the same process. ``--setting`` picks the shapes: the peer job's (width
 16, L 127, batch 16) or the quick run's (width 32, 4 heads of 8, L 31, batch 16).
 
 Usage: python benchmarks/part_kinds.py [--name part_kinds] [--label HEAD] [--reps 30]
-           [--setting "peer job"]
+           [--setting "peer job"] [--classes 1,5,9] (GMemless, 9, is always measured)
 """
 from __future__ import annotations
 
@@ -40,7 +40,7 @@ def _apply_pullback(pullback, cotangent):
     return grads, jnp.sum(jnp.square(grads[0]))
 
 
-def measure(reps: int, setting: dict) -> list[dict]:
+def measure(reps: int, setting: dict, ids: list[int]) -> list[dict]:
     import jax
     import numpy as np
 
@@ -52,7 +52,6 @@ def measure(reps: int, setting: dict) -> list[dict]:
     task = sj.tasks.make("in_context_recall", vocab_size=setting["vocab"], seq_len=setting["seq"])
     cfg = sj.ModelConfig(width=setting["width"], vocab_size=setting["vocab"], max_len=task.seq_len,
                          head_dim=setting["head_dim"])
-    ids = list(range(1, 18))
     model = P.PartModel(compile_genome(Genome([[c, 1, 1, 1, 1] for c in ids]), cfg), task.seq_len)
     vecs, _, _ = model.init(0)
     rs = np.random.RandomState(0)
@@ -115,12 +114,12 @@ def markdown(out: dict) -> str:
     tot = {k: sum(r[k] for r in rows) for k in ("recompute_compile_s", "recompute_fwd_ms", "recompute_bwd_ms",
                                                   "vjp_compile_s", "vjp_fwd_ms", "vjp_bwd_ms")}
     rc, vj = tot["recompute_fwd_ms"] + tot["recompute_bwd_ms"], tot["vjp_fwd_ms"] + tot["vjp_bwd_ms"]
-    lines += ["", f"Summed over the 17 classes: compile {tot['recompute_compile_s']:.1f} s (recompute) against "
+    lines += ["", f"Summed over the {len(rows)} classes: compile {tot['recompute_compile_s']:.1f} s (recompute) against "
               f"{tot['vjp_compile_s']:.1f} s (vjp), {tot['vjp_compile_s'] / tot['recompute_compile_s']:.2f}x; "
               f"forward + backward {rc:.1f} ms against {vj:.1f} ms, {vj / rc:.2f}x; forward alone (what an "
               f"evaluation runs) {tot['recompute_fwd_ms']:.1f} ms against {tot['vjp_fwd_ms']:.1f} ms, "
               f"{tot['vjp_fwd_ms'] / tot['recompute_fwd_ms']:.2f}x. "
-              f"{sum(not r['identical'] for r in rows)} of 17 classes not bit-identical between the two ways."]
+              f"{sum(not r['identical'] for r in rows)} of {len(rows)} classes not bit-identical between the two ways."]
     return "\n".join(lines) + "\n"
 
 
@@ -130,14 +129,17 @@ def main() -> None:
     ap.add_argument("--label", default="HEAD", help="what was measured, e.g. a commit")
     ap.add_argument("--reps", type=int, default=30)
     ap.add_argument("--setting", default="peer job", choices=sorted(SETTINGS))
+    ap.add_argument("--classes", default="", help="comma-separated class ids (default: all 17)")
     ap.add_argument("--out", default=os.path.join(HERE, "results"))
     args = ap.parse_args()
+    ids = sorted({int(c) for c in args.classes.split(",") if c} | {REFERENCE}) if args.classes else list(range(1, 18))
     cmd = "python benchmarks/part_kinds.py" + (f" --name {args.name}" if args.name != "part_kinds" else "") \
         + (f" --label {shlex.quote(args.label)}" if args.label != "HEAD" else "") \
-        + (f" --setting {shlex.quote(args.setting)}" if args.setting != "peer job" else "")
+        + (f" --setting {shlex.quote(args.setting)}" if args.setting != "peer job" else "") \
+        + (f" --classes {args.classes}" if args.classes else "")
     out = {"label": args.label, "reps": args.reps, "machine": _machine(), "command": cmd,
            "setting_name": args.setting, "setting": SETTINGS[args.setting],
-           "rows": measure(args.reps, SETTINGS[args.setting])}
+           "rows": measure(args.reps, SETTINGS[args.setting], ids)}
     _save_results(args.out, args.name, out, markdown(out))
 
 

@@ -36,6 +36,31 @@ SETTINGS = ({"name": "quick run", "width": 32, "seq": 32, "head_dim": 8, "batch"
             {"name": "peer job", "width": 64, "seq": 128, "head_dim": 16, "batch": 16, "vocab": 32})
 
 
+def one_liv_per_class(setting: dict, class_ids, seed: int):
+    """``(model, vecs, x, ct)``: a backbone of one LIV per class in ``class_ids`` (no sharing) at
+    ``setting``'s shapes as a ``PartModel`` (LIV ``k`` is part ``k``), its initial part vectors,
+    and a random block input and output cotangent ``(dx, {})`` of the training shape (normal
+    values from ``numpy``'s ``RandomState(seed)``)."""
+    import jax
+    import numpy as np
+
+    import star_jax as sj
+    from star_jax.genome import Genome
+    from star_jax.model import compile_genome
+    from star_jax.train import parts as P
+
+    task = sj.tasks.make("in_context_recall", vocab_size=setting["vocab"], seq_len=setting["seq"])
+    cfg = sj.ModelConfig(width=setting["width"], vocab_size=setting["vocab"], max_len=task.seq_len,
+                         head_dim=setting["head_dim"])
+    model = P.PartModel(compile_genome(Genome([[c, 1, 1, 1, 1] for c in class_ids]), cfg), task.seq_len)
+    vecs, _, _ = model.init(0)
+    rs = np.random.RandomState(seed)
+    shape = (setting["batch"], task.seq_len - 1, setting["width"])
+    x = jax.device_put(rs.randn(*shape).astype(np.float32))
+    ct = (jax.device_put(rs.randn(*shape).astype(np.float32)), {})
+    return model, vecs, x, ct
+
+
 def build_variants(setting: dict, variants: dict, reps: int, verbose: bool = True,
                    class_ids: tuple[int, ...] = ALL_CLASSES) -> list[dict]:
     """Per class: ``{label}_compile_s`` and ``{label}_ms`` (forward + backward) for "default" and
@@ -43,21 +68,10 @@ def build_variants(setting: dict, variants: dict, reps: int, verbose: bool = Tru
     import jax
     import numpy as np
 
-    import star_jax as sj
-    from star_jax.genome import Genome, classes
-    from star_jax.model import compile_genome
-    from star_jax.train import parts as P
+    from star_jax.genome import classes
 
-    task = sj.tasks.make("in_context_recall", vocab_size=setting["vocab"], seq_len=setting["seq"])
-    cfg = sj.ModelConfig(width=setting["width"], vocab_size=setting["vocab"], max_len=task.seq_len,
-                         head_dim=setting["head_dim"])
     ids = list(class_ids)
-    model = P.PartModel(compile_genome(Genome([[c, 1, 1, 1, 1] for c in ids]), cfg), task.seq_len)
-    vecs, _, _ = model.init(0)
-    rs = np.random.RandomState(1)
-    shape = (setting["batch"], task.seq_len - 1, setting["width"])
-    x = jax.device_put(rs.randn(*shape).astype(np.float32))
-    ct = (jax.device_put(rs.randn(*shape).astype(np.float32)), {})
+    model, vecs, x, ct = one_liv_per_class(setting, ids, seed=1)
     rows = []
     for k, cid in enumerate(ids, start=1):
         prog = model.progs[k]

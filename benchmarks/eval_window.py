@@ -83,6 +83,9 @@ def main() -> None:
         print("RESULT " + json.dumps(_worker(args.worker)), flush=True)
         return
     windows = args.windows.split(",")
+    bad = [w for w in windows if w != "all" and not (w.isdigit() and int(w) > 0)]
+    if bad:
+        ap.error(f"--windows: each must be 'all' or a positive number of batches, got {bad}")
     runs: dict[str, list] = {w: [] for w in windows}
     for rep in range(args.reps):
         for w in (windows if rep % 2 == 0 else windows[::-1]):

@@ -22,12 +22,13 @@ import os
 import shlex
 import time
 
-from population import _machine, _save_results  # this directory's population benchmark
+import compile_options  # this directory's benchmarks
+from compile_options import one_liv_per_class
+from population import _machine, _save_results
 from population_step import _median_ms
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-SETTINGS = {"peer job": {"width": 64, "vocab": 32, "seq": 128, "head_dim": 16, "batch": 16},
-            "quick run": {"width": 32, "vocab": 16, "seq": 32, "head_dim": 8, "batch": 16}}
+SETTINGS = {s["name"]: s for s in compile_options.SETTINGS}
 REFERENCE = 9  # GMemless
 
 
@@ -44,20 +45,9 @@ def measure(reps: int, setting: dict, ids: list[int]) -> list[dict]:
     import jax
     import numpy as np
 
-    import star_jax as sj
-    from star_jax.genome import Genome, classes
-    from star_jax.model import compile_genome
-    from star_jax.train import parts as P
+    from star_jax.genome import classes
 
-    task = sj.tasks.make("in_context_recall", vocab_size=setting["vocab"], seq_len=setting["seq"])
-    cfg = sj.ModelConfig(width=setting["width"], vocab_size=setting["vocab"], max_len=task.seq_len,
-                         head_dim=setting["head_dim"])
-    model = P.PartModel(compile_genome(Genome([[c, 1, 1, 1, 1] for c in ids]), cfg), task.seq_len)
-    vecs, _, _ = model.init(0)
-    rs = np.random.RandomState(0)
-    shape = (setting["batch"], task.seq_len - 1, setting["width"])
-    x = jax.device_put(rs.randn(*shape).astype(np.float32))
-    ct = (jax.device_put(rs.randn(*shape).astype(np.float32)), {})
+    model, vecs, x, ct = one_liv_per_class(setting, ids, seed=0)
     rows = []
     for k, cid in enumerate(ids, start=1):
         prog = model.progs[k]
@@ -132,7 +122,12 @@ def main() -> None:
     ap.add_argument("--classes", default="", help="comma-separated class ids (default: all 17)")
     ap.add_argument("--out", default=os.path.join(HERE, "results"))
     args = ap.parse_args()
-    ids = sorted({int(c) for c in args.classes.split(",") if c} | {REFERENCE}) if args.classes else list(range(1, 18))
+    try:
+        ids = sorted({int(c) for c in args.classes.split(",") if c} | {REFERENCE}) if args.classes else list(range(1, 18))
+    except ValueError:
+        ap.error(f"--classes: expected comma-separated class ids, got {args.classes!r}")
+    if not set(ids) <= set(range(1, 18)):
+        ap.error(f"--classes: the paper's classes are 1..17, got {sorted(set(ids) - set(range(1, 18)))}")
     cmd = "python benchmarks/part_kinds.py" + (f" --name {args.name}" if args.name != "part_kinds" else "") \
         + (f" --label {shlex.quote(args.label)}" if args.label != "HEAD" else "") \
         + (f" --setting {shlex.quote(args.setting)}" if args.setting != "peer job" else "") \

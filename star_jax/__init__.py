@@ -6,10 +6,18 @@ Flax models, MAD tasks, single-candidate and vectorised population training, NSG
 The genome layer loads with the package (it needs only numpy); everything that needs JAX or
 Flax (models, metrics, tasks, training, evolution) is imported on first use of its name, so
 `import star_jax` and `sj.Genome`, `sj.baselines`, `sj.mutate` work in a process without JAX.
+
+Importing the package sets two of XLA's CPU code-generation options for its many small programs
+(about half the compile time, same computation; ``star_jax.xla_flags`` says when and how to
+switch them off).
 """
 from __future__ import annotations
 
 import importlib
+
+from star_jax import xla_flags
+
+xla_flags.apply_cpu_options()  # before JAX starts its backends; see star_jax/xla_flags.py
 
 __version__ = "0.1.0"
 

@@ -2,6 +2,8 @@
 and a persistent compilation cache so repeated test runs compile less."""
 import os
 
+import star_jax  # noqa: F401  first, so its XLA CPU options apply before JAX starts (star_jax/xla_flags.py)
+
 import jax
 import pytest
 

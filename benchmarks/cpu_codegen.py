@@ -1,6 +1,6 @@
 """XLA's CPU code generation for the part programs: compile seconds, run time and bit-identity per
-LIV class, with XLA's default build against the options ``star_jax`` sets at import
-(``star_jax/xla_flags.py``) and against each option alone.
+LIV class, with XLA's default build against the option ``star_jax`` sets at import
+(``star_jax/xla_flags.py``) and against it with XLA's older fusion emitters as well.
 
 The options are process-wide (read once when JAX starts its backends), so every configuration runs
 in its own fresh process, and the configurations alternate over ``--rounds`` (per class, the
@@ -8,10 +8,12 @@ median over rounds is reported). Each process builds one LIV per class (no shari
 setting's shapes (the same backbone and inputs as ``compile_options.py``), compiles its forward
 and backward part programs (no persistent cache), times them (median of ``--reps`` calls, each
 waited for) and saves their outputs; outputs and gradients are compared bit for bit with XLA's
-default build.
+default build. Then, since single parts do not show everything a training step does, it trains
+``--backbones`` random 8-LIV genomes whole with ``sj.train`` at the population-engine setting and
+times a second call of each (its programs compiled by the first).
 
 Usage: python benchmarks/cpu_codegen.py [--rounds 2] [--reps 10] [--name cpu_codegen]
-           [--settings "quick run,peer job"] [--classes 1,5,9]
+           [--settings "quick run,peer job"] [--classes 1,5,9] [--backbones 4] [--steps 60]
 """
 from __future__ import annotations
 
@@ -34,16 +36,35 @@ sys.path.insert(0, HERE)
 EXTRA = "--xla_backend_extra_options="
 CONFIGS = {  # label -> (environment changes, what it is)
     "xla_default": ({"STAR_JAX_XLA_CPU": "off"}, "XLA's default CPU build (STAR_JAX_XLA_CPU=off)"),
-    "no_unrolling": ({"STAR_JAX_XLA_CPU": "off", "XLA_FLAGS": EXTRA + "xla_cpu_disable_loop_unrolling"},
-                     "xla_cpu_disable_loop_unrolling alone"),
-    "old_emitters": ({"STAR_JAX_XLA_CPU": "off", "XLA_FLAGS": EXTRA + "xla_cpu_disable_new_fusion_emitters"},
-                     "xla_cpu_disable_new_fusion_emitters alone"),
-    "star_jax": ({}, "both, as star_jax sets them at import"),
+    "star_jax": ({}, "xla_cpu_disable_loop_unrolling, as star_jax sets it at import"),
+    "plus_old_emitters": ({"STAR_JAX_XLA_CPU": "off", "XLA_FLAGS": EXTRA + "xla_cpu_disable_loop_unrolling,"
+                           "xla_cpu_disable_new_fusion_emitters"},
+                          "and xla_cpu_disable_new_fusion_emitters (measured, not set)"),
 }
 ALL_CLASSES = tuple(range(1, 18))
 
 
-def _worker(setting_names: list[str], class_ids: tuple[int, ...], reps: int, out_npz: str) -> dict:
+def _backbones(n: int, steps: int) -> list[float]:
+    """Seconds of a second ``sj.train`` (programs compiled by the first) of each of ``n`` random
+    8-LIV genomes (seeds 0..n-1) at the population-engine setting: width 64, in-context recall
+    (vocab 16) at L 128, batch 16, ``steps`` AdamW steps, then its evaluation."""
+    import star_jax as sj
+
+    task = sj.tasks.make("in_context_recall", vocab_size=16, seq_len=128)
+    cfg = sj.ModelConfig(width=64, vocab_size=16, max_len=task.seq_len, head_dim=16)
+    tc = sj.TrainConfig(steps=steps, batch_size=16, lr=1e-3)
+    out = []
+    for seed in range(n):
+        g = sj.random_genome(8, seed)
+        sj.train(g, cfg, task, tc, progress=False)
+        t = time.perf_counter()
+        sj.train(g, cfg, task, tc, progress=False)
+        out.append(time.perf_counter() - t)
+    return out
+
+
+def _worker(setting_names: list[str], class_ids: tuple[int, ...], reps: int, out_npz: str,
+            backbones: int, steps: int) -> dict:
     import jax
     import numpy as np
 
@@ -72,6 +93,7 @@ def _worker(setting_names: list[str], class_ids: tuple[int, ...], reps: int, out
                 arrays[f"{setting['name']}|{cid}|{i}"] = np.asarray(a)
         result["settings"][setting["name"]] = rows
     np.savez(out_npz, **arrays)
+    result["backbone_s"] = _backbones(backbones, steps)
     return result
 
 
@@ -112,22 +134,34 @@ def markdown(out: dict) -> str:
             tail = "" if x == "xla_default" else \
                 f", {sum(not r['identical'] for r in rows[x])} of {len(rows[x])} classes not bit-identical"
             lines.append(f"- {x}: compile {c:.1f} s ({c / c0:.2f}x), run {ms:.1f} ms ({ms / m0:.2f}x){tail}")
+    b = out["backbones"]
+    if b["n"]:
+        base = sum(b["seconds"]["xla_default"])
+        lines += ["", f"## Whole backbones: {b['n']} random 8-LIV genomes (seeds 0-{b['n'] - 1}), width 64, L 127, "
+                  f"batch 16, {b['steps']} steps + evaluation, programs compiled first (median over rounds)", "",
+                  "| configuration | seconds per genome | total (s) | ratio to xla_default |", "|---|---|---|---|"]
+        for x in labels:
+            t = b["seconds"][x]
+            lines.append(f"| {x} | {', '.join(f'{v:.2f}' for v in t)} | {sum(t):.2f} | {sum(t) / base:.2f}x |")
     return "\n".join(lines) + "\n"
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--worker", nargs=4, help=argparse.SUPPRESS)
+    ap.add_argument("--worker", nargs=6, help=argparse.SUPPRESS)
     ap.add_argument("--name", default="cpu_codegen")
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--reps", type=int, default=10)
     ap.add_argument("--out", default=os.path.join(HERE, "results"))
     ap.add_argument("--settings", default="quick run,peer job", help="comma-separated")
     ap.add_argument("--classes", default=",".join(map(str, ALL_CLASSES)), help="comma-separated class ids")
+    ap.add_argument("--backbones", type=int, default=4, help="random 8-LIV genomes trained whole")
+    ap.add_argument("--steps", type=int, default=60, help="training steps of each whole backbone")
     args = ap.parse_args()
     if args.worker:
-        settings, classes_, reps, npz = args.worker
-        print(json.dumps(_worker(settings.split(","), tuple(int(c) for c in classes_.split(",")), int(reps), npz)))
+        settings, classes_, reps, npz, backbones, steps = args.worker
+        print(json.dumps(_worker(settings.split(","), tuple(int(c) for c in classes_.split(",")), int(reps), npz,
+                                 int(backbones), int(steps))))
         return
     from compile_options import SETTINGS
 
@@ -139,8 +173,8 @@ def main() -> None:
         class_ids = tuple(int(c) for c in args.classes.split(","))
     except ValueError:
         ap.error(f"--classes: expected comma-separated integers, got {args.classes!r}")
-    if args.rounds < 1 or args.reps < 1:
-        ap.error("--rounds and --reps must be >= 1")
+    if args.rounds < 1 or args.reps < 1 or args.backbones < 0 or args.steps < 1:
+        ap.error("--rounds, --reps and --steps must be >= 1, --backbones >= 0")
     from population import _machine, _save_results
 
     machine = _machine()
@@ -155,7 +189,8 @@ def main() -> None:
                 env["PYTHONPATH"] = ROOT + os.pathsep + os.environ.get("PYTHONPATH", "")
                 npz = os.path.join(tmp, f"{label}_{rnd}.npz")
                 proc = subprocess.run([sys.executable, __file__, "--worker", ",".join(names),
-                                       ",".join(map(str, class_ids)), str(args.reps), npz],
+                                       ",".join(map(str, class_ids)), str(args.reps), npz,
+                                       str(args.backbones), str(args.steps)],
                                       env=env, capture_output=True, text=True)
                 if proc.returncode != 0:
                     raise SystemExit(f"{label}: worker failed\n{proc.stderr[-3000:]}")
@@ -164,7 +199,7 @@ def main() -> None:
                 runs[label].append(r)
                 c = sum(x["compile_s"] for rows in r["settings"].values() for x in rows)
                 print(f"round {rnd + 1} {label:>13} ({r['status']}): compile {c:.1f} s", flush=True)
-        expected = {"xla_default": "off", "no_unrolling": "off", "old_emitters": "off", "star_jax": "applied"}
+        expected = {"xla_default": "off", "star_jax": "applied", "plus_old_emitters": "off"}
         for label, rs in runs.items():
             bad = {r["status"] for r in rs} - {expected[label]}
             if bad:
@@ -190,9 +225,13 @@ def main() -> None:
         f" {flag} {shlex.quote(str(value))}" for flag, value, default in (
             ("--rounds", args.rounds, 2), ("--reps", args.reps, 10), ("--name", args.name, "cpu_codegen"),
             ("--settings", args.settings, "quick run,peer job"),
-            ("--classes", args.classes, ",".join(map(str, ALL_CLASSES)))) if value != default)
+            ("--classes", args.classes, ",".join(map(str, ALL_CLASSES))),
+            ("--backbones", args.backbones, 4), ("--steps", args.steps, 60)) if value != default)
+    backbone_s = {label: [float(np.median([r["backbone_s"][i] for r in rs])) for i in range(args.backbones)]
+                  for label, rs in runs.items()}
     out = {"machine": machine, "command": command, "rounds": args.rounds, "reps": args.reps,
-           "configs": {k: v[1] for k, v in CONFIGS.items()}, "settings": settings}
+           "configs": {k: v[1] for k, v in CONFIGS.items()}, "settings": settings,
+           "backbones": {"n": args.backbones, "steps": args.steps, "seconds": backbone_s}}
     _save_results(args.out, args.name, out, markdown(out))
 
 

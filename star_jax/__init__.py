@@ -7,9 +7,9 @@ The genome layer loads with the package (it needs only numpy); everything that n
 Flax (models, metrics, tasks, training, evolution) is imported on first use of its name, so
 `import star_jax` and `sj.Genome`, `sj.baselines`, `sj.mutate` work in a process without JAX.
 
-Importing the package sets two of XLA's CPU code-generation options for its many small programs
-(about half the compile time, same computation; ``star_jax.xla_flags`` says when and how to
-switch them off).
+Importing the package sets one of XLA's CPU code-generation options for its many small programs
+(no LLVM loop unrolling: less compile time, same computation; ``star_jax.xla_flags`` says when
+and how to switch it off).
 """
 from __future__ import annotations
 

@@ -3,17 +3,21 @@
 A search compiles one forward and one backward program per LIV kind (``star_jax.train.parts``),
 and on a CPU much of a short run's compile time is LLVM optimising each program's fused loops.
 One of XLA's CPU backend options, ``xla_cpu_disable_loop_unrolling`` (LLVM does not unroll the
-loops XLA generates), compiles the 17 LIV classes' part programs in about 0.75x (small shapes)
-to 0.9x (width 64, L 127) the time, and they run no slower (``benchmarks/cpu_codegen.py``
-records compile seconds, run time and bit-identity per LIV class). XLA's older fusion emitters
+loops XLA generates), compiles the 17 LIV classes' part programs in 0.93x (quick run shapes) and
+0.97x (width 64, L 127) the time, and random 8-LIV backbones train in 0.95x the time
+(``benchmarks/results/cpu_codegen.md``: compile seconds, run time and bit-identity per LIV class,
+then whole backbones); a cold quick run took 0.87x (README, Speed). XLA's older fusion emitters
 (``xla_cpu_disable_new_fusion_emitters``) would halve compile time together with it, but made
-the recurrences' scans 1.5x slower and whole random backbones 1.3x slower to train: not set.
+the recurrences' parts about 1.4x slower and whole random backbones 1.29x slower to train: not
+set.
 
 The option is CPU-only (a GPU or TPU compiler skips ``xla_cpu_*`` keys) and process-wide, read
 once when JAX starts its backends (XLA accepts it in ``XLA_FLAGS``, not per program). So it is
 appended to ``XLA_FLAGS`` at import, and only when all of these hold:
 
-- ``$STAR_JAX_XLA_CPU`` is not ``off`` (``0``, ``none``, ``false``: keep XLA's defaults);
+- ``$STAR_JAX_XLA_CPU`` is not ``off`` (or ``0``, ``no``, ``none``, ``false``: keep XLA's
+  defaults; unset, empty, ``on``, ``1``, ``yes`` or ``true`` apply it, and any other value warns
+  and applies it);
 - the user's ``XLA_FLAGS`` does not set ``--xla_backend_extra_options`` already (theirs wins);
 - JAX has not started its backends yet (then the option could not take effect; importing
   ``star_jax`` before running any JAX code avoids this).
@@ -27,12 +31,14 @@ from __future__ import annotations
 
 import os
 import sys
+import warnings
 from collections.abc import MutableMapping
 
 __all__ = ["CPU_OPTIONS", "ENV", "STATUS", "apply_cpu_options"]
 
 ENV = "STAR_JAX_XLA_CPU"
-OFF = ("0", "off", "none", "false")
+OFF = ("0", "off", "no", "none", "false")
+ON = ("", "1", "on", "yes", "true")
 CPU_OPTIONS = ("xla_cpu_disable_loop_unrolling",)
 EXTRA = "--xla_backend_extra_options"
 
@@ -58,9 +64,14 @@ def apply_cpu_options(environ: MutableMapping[str, str] | None = None,
     global STATUS
     environ = os.environ if environ is None else environ
     flags = environ.get("XLA_FLAGS", "")
-    if environ.get(ENV, "").strip().lower() in OFF:
+    switch = environ.get(ENV, "").strip().lower()
+    if switch not in OFF + ON:
+        warnings.warn(f"{ENV}={environ[ENV]!r} is not one of {', '.join(OFF + ON[1:])}; applying XLA's "
+                      f"CPU option {', '.join(CPU_OPTIONS)} (set {ENV}=off to keep XLA's defaults)",
+                      RuntimeWarning, stacklevel=2)
+    if switch in OFF:
         status = "off"
-    elif any(f.split("=", 1)[0] == EXTRA for f in flags.split()):
+    elif any(f.split("=", 1)[0].lstrip("-") == EXTRA.lstrip("-") for f in flags.split()):
         status = "user"
     elif _backends_started() if backends_started is None else backends_started:
         status = "late"

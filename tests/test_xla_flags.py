@@ -29,17 +29,33 @@ def test_applied_appends_to_the_users_flags():
     assert env["XLA_FLAGS"] == OPTS
 
 
-@pytest.mark.parametrize("value", ["off", "OFF", "0", "none", "false", " off "])
+@pytest.mark.parametrize("value", ["off", "OFF", "0", "no", "none", "false", " off "])
 def test_switched_off(value):
     env = {"STAR_JAX_XLA_CPU": value}
     assert xla_flags.apply_cpu_options(env, backends_started=False) == "off"
     assert "XLA_FLAGS" not in env
 
 
-def test_users_extra_options_win():
-    env = {"XLA_FLAGS": "--xla_dump_to=/d --xla_backend_extra_options=xla_cpu_disable_loop_unrolling"}
+@pytest.mark.parametrize("value", ["on", "1", "yes", "TRUE", ""])
+def test_switched_on(value, recwarn):
+    env = {"STAR_JAX_XLA_CPU": value}
+    assert xla_flags.apply_cpu_options(env, backends_started=False) == "applied"
+    assert env["XLA_FLAGS"] == OPTS and not recwarn.list
+
+
+def test_unknown_switch_value_warns_and_applies():
+    env = {"STAR_JAX_XLA_CPU": "disabled"}
+    with pytest.warns(RuntimeWarning, match=r"STAR_JAX_XLA_CPU='disabled' is not one of .*off"):
+        assert xla_flags.apply_cpu_options(env, backends_started=False) == "applied"
+    assert env["XLA_FLAGS"] == OPTS
+
+
+@pytest.mark.parametrize("theirs", ["--xla_backend_extra_options=xla_cpu_disable_loop_unrolling",
+                                    "-xla_backend_extra_options=xla_cpu_optimize_for_size"])
+def test_users_extra_options_win(theirs):
+    env = {"XLA_FLAGS": "--xla_dump_to=/d " + theirs}
     assert xla_flags.apply_cpu_options(env, backends_started=False) == "user"
-    assert env["XLA_FLAGS"] == "--xla_dump_to=/d --xla_backend_extra_options=xla_cpu_disable_loop_unrolling"
+    assert env["XLA_FLAGS"] == "--xla_dump_to=/d " + theirs
 
 
 def test_too_late_once_backends_started():

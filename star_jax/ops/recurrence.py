@@ -25,7 +25,7 @@ _DT_KERNEL_SCALE = 0.01  # variance scale of the dt projection: the bias sets dt
 # The S6 backward loop runs two steps per iteration when the length is even (24 -> 18 ms at b 16,
 # L 128, d 64, e 16 when introduced; with the current XLA the two tie there). At an odd length
 # (every MAD task: L = seq_len - 1) `lax.scan` would slice every per-step input, the stored
-# [L, b, d, e] states included, into a [L // 2, 2, ...] part and a remainder, and those copies
+# [L, b, e, d] states included, into a [L // 2, 2, ...] part and a remainder, and those copies
 # cost more than the unrolling saves (forward + backward of a Rec-1-Diff part at L 127, batch 16,
 # width 64: 38.4 -> 27.6 ms, benchmarks/part_kinds.py); one step per iteration there. Same
 # values either way.
@@ -55,8 +55,9 @@ def _selective_scan_loop(x, dt, A, b, c, keep_states: bool = False):
 
     Inside the loop the state is [batch, e, d]: the channels d are the minor axis, so every
     elementwise step and the read-out's sum over e run along d. With e minor ([batch, d, e]) the
-    loops XLA generates run over e, as short as 2 for Rec-2; there the forward + backward of the
-    scan took 2-4x longer (Rec-2: 6.6 -> 1.8 ms at width 128, L 127, batch 16)."""
+    loops XLA generates ran over e (2-16 entries), and forward + backward of a Rec-1 part took
+    14.6 ms against 10.3 ms now, Rec-1-Diff 28.0 against 22.6 ms, at width 64, L 127, batch 16
+    (``benchmarks/results/part_kinds_s6_before.md``, ``part_kinds_s6_after.md``)."""
     At = A.T  # [e, d]
 
     def body(h, inp):

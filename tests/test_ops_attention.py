@@ -6,6 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from star_jax.ops import attention
 from star_jax.ops.attention import AttentionFeaturizer, AttentionMixer, _softmax
 from star_jax.ops.differential import DiffHeadNorm, DiffLambda
 from star_jax.ops.primitives import rope_angles
@@ -249,3 +250,54 @@ def test_rope_tables_on_the_host_match_the_traced_ones():
     cos, sin = jax.jit(lambda p: rope_angles(p, 16, 10000.0))(jnp.arange(300))
     np.testing.assert_allclose(host_cos, cos, atol=3e-5)
     np.testing.assert_allclose(host_sin, sin, atol=3e-5)
+
+
+def test_causal_blocks_cover_every_row_and_the_keys_it_sees():
+    from star_jax.ops.attention import MAX_QUERY_BLOCKS, QUERY_BLOCK, UNBLOCKED_UP_TO, causal_blocks
+
+    for length in (1, 5, UNBLOCKED_UP_TO, UNBLOCKED_UP_TO + 1, 255, 1023, 4096):
+        for window in (0, 1, 3, 40):
+            blocks = causal_blocks(length, window)
+            n = 1 if length <= UNBLOCKED_UP_TO else min(MAX_QUERY_BLOCKS, -(-length // QUERY_BLOCK))
+            assert len(blocks) == n
+            assert max(q1 - q0 for q0, q1, _, _ in blocks) == -(-length // n)
+            assert blocks[0][0] == 0 and blocks[-1][1] == length
+            for (q0, q1, k0, k1), nxt in zip(blocks, blocks[1:] + ((length, None, None, None),)):
+                assert q0 < q1 == nxt[0] and k1 == q1  # contiguous rows; keys up to the last row
+                # the block's first row sees keys from max(0, q0 - window + 1) on, and no row
+                # of the block sees a key before k0
+                assert k0 == (max(0, q0 - window + 1) if window else 0)
+    assert causal_blocks(127) == ((0, 127, 0, 127),)  # the MAD tasks' length: one block, as before
+    assert len(causal_blocks(255)) == 4 and len(causal_blocks(2047)) == MAX_QUERY_BLOCKS
+
+
+@pytest.mark.parametrize("name", ["mha_rope", "gqa_rep4_conv3", "window3", "linear", "relu_window4",
+                                  "diff_softmax"])
+def test_query_blocks_match_one_block(name, monkeypatch):
+    """Forced into blocks of 3 query rows (with windows, blocks that skip leading keys), the
+    parallel attention gives the whole-[l, l] result and gradients up to rounding."""
+    monkeypatch.setattr(attention, "UNBLOCKED_UP_TO", 4)
+    feat, mix = make(VARIANTS[name])
+    length = 14
+    h = inputs(3, length)
+    fp, mp = init(feat, mix, h)
+
+    def run(block):
+        monkeypatch.setattr(attention, "QUERY_BLOCK", block)
+
+        def loss(fp, mp, h):
+            y = mix.apply(mp, feat.apply(fp, h))
+            return jnp.sum(jnp.sin(y)), y
+
+        (_, y), grads = jax.value_and_grad(loss, argnums=(0, 1, 2), has_aux=True)(fp, mp, h)
+        return y, grads
+
+    y1, g1 = run(length)  # one block
+    assert len(attention.causal_blocks(length, mix.window)) == 1
+    monkeypatch.setattr(attention, "QUERY_BLOCK", 3)
+    assert len(attention.causal_blocks(length, mix.window)) == 5
+    yb, gb = run(3)
+    assert float(jnp.linalg.norm(y1)) > 0.1
+    assert rel_err(yb, y1) < 1e-5
+    for a, b in zip(jax.tree.leaves(gb), jax.tree.leaves(g1)):
+        assert float(jnp.max(jnp.abs(a - b))) <= 1e-5 * (1.0 + float(jnp.max(jnp.abs(b))))

@@ -42,6 +42,38 @@ from star_jax.ops.primitives import apply_rope, causal_short_conv, causal_short_
 
 KINDS = ("softmax", "linear", "relu")
 _NEG = float(jnp.finfo(jnp.float32).min)
+UNBLOCKED_UP_TO = 128
+"""Longest sequence whose parallel (training) attention runs as one block (``causal_blocks``)."""
+QUERY_BLOCK = 64
+"""Fewest query rows per block above ``UNBLOCKED_UP_TO``."""
+MAX_QUERY_BLOCKS = 8
+"""Most query blocks: each block is its own products in the compiled program, so compile time
+grows with their number while the work saved shrinks (n blocks skip (n - 1) / 2n of the scores)."""
+
+
+def causal_blocks(length: int, window: int = 0) -> tuple[tuple[int, int, int, int], ...]:
+    """``(q0, q1, k0, k1)`` per query block: rows ``q0:q1`` of a causal attention over
+    ``length`` positions see only keys ``k0:k1`` (``k1 = q1``; with a ``window`` > 0, ``k0`` is
+    the first key the block's first row sees).
+
+    Up to ``UNBLOCKED_UP_TO`` positions: one block, the whole masked [l, l] scores, bit for bit
+    what the attention computed before blocks existed. There, blocks did not pay for their compile time: at L 127, four
+    blocks ran the attention alone in 0.77x the time but compiled it in 2.5x, and a
+    Transformer++ step trained no faster (1.00x, one four-round comparison). Longer:
+    ``min(MAX_QUERY_BLOCKS, ceil(length / QUERY_BLOCK))`` blocks of equal size (the last one
+    shorter), which skip most of the masked triangle: neither computed nor stored.
+    Forward + backward of the attention alone (b 16, 4 heads of 16, alternated calls in one
+    process): L 255 in 0.32x the time, L 1023 0.52x, L 2047 0.50x; a Transformer++ step at L 255
+    0.52x (``benchmarks/results/attention_blocks.md``).
+    """
+    n = 1 if length <= UNBLOCKED_UP_TO else min(MAX_QUERY_BLOCKS, -(-length // QUERY_BLOCK))
+    size = -(-length // n)
+    blocks = []
+    for q0 in range(0, length, size):
+        q1 = min(q0 + size, length)
+        k0 = max(0, q0 - window + 1) if window > 0 else 0
+        blocks.append((q0, q1, k0, q1))
+    return tuple(blocks)
 
 
 def _check_heads(where: str, n_heads: int, n_kv_heads: int, head_dim: int, width: int) -> None:
@@ -331,6 +363,11 @@ class AttentionMixer(CacheSharingMixerBase):
         attention (b 16, l 127, 4 heads of 16) took 3.5 ms this way against 7.0 ms for the same
         contraction with a separate K/V-group axis ([b, K, r, l, hd]), and that one was 1.5x
         faster than contracting in the [b, l, H, hd] layout.
+
+        The queries run in blocks (``causal_blocks``): a block of query rows scores only the keys
+        that its rows can see, so the masked triangle above the diagonal (and, with a window, the
+        keys before it) is mostly never computed. Each row still sums exactly the terms it did
+        with the whole [l, l] scores (a masked score contributed an exact 0), in another order.
         """
         b, l, _, hd = q.shape
         r = self._repeat()
@@ -340,24 +377,31 @@ class AttentionMixer(CacheSharingMixerBase):
         if r > 1:  # query head h reads K/V head h // r
             kh = jnp.repeat(kh, r, axis=1)
             vh = jnp.repeat(vh, r, axis=1)
+        outs = [self._mix_block(qh[:, :, q0:q1], kh[:, :, k0:k1], vh[:, :, k0:k1], q0, k0)
+                for q0, q1, k0, k1 in causal_blocks(l, self.window)]
+        o = outs[0] if len(outs) == 1 else jnp.concatenate(outs, axis=2)  # [b, H, l, hd]
+        return o.transpose(0, 2, 1, 3)
+
+    @nn.nowrap
+    def _mix_block(self, qh: jax.Array, kh: jax.Array, vh: jax.Array, q0: int, k0: int) -> jax.Array:
+        """Query rows q0.. ([b, H, n, hd]) against key rows k0.. ([b, H, m, hd]) -> [b, H, n, hd]."""
         s = jnp.einsum("bhld,bhmd->bhlm", qh, kh)
-        i = jnp.arange(l)[:, None]
-        j = jnp.arange(l)[None, :]
+        i = jnp.arange(q0, q0 + qh.shape[2])[:, None]
+        j = jnp.arange(k0, k0 + kh.shape[2])[None, :]
         mask = j <= i
         if self.window > 0:
             mask = mask & (j > i - self.window)
         mask = mask[None, None]
         if self.kind == "softmax":
             s = jnp.where(mask, s.astype(jnp.float32), _NEG)
-            w = _softmax(s).astype(v.dtype)
+            w = _softmax(s).astype(vh.dtype)
         else:
-            count = jnp.arange(1, l + 1)
+            count = jnp.arange(q0 + 1, q0 + qh.shape[2] + 1)
             if self.window > 0:
                 count = jnp.minimum(count, self.window)
             inv = (1.0 / count.astype(jnp.float32)).astype(s.dtype)[None, None, :, None]
             w = jnp.where(mask, s, jnp.zeros((), s.dtype)) * inv
-        o = jnp.einsum("bhlm,bhmd->bhld", w, vh)  # [b, H, l, hd]
-        return o.transpose(0, 2, 1, 3)
+        return jnp.einsum("bhlm,bhmd->bhld", w, vh)
 
     @nn.nowrap
     def _mix_cache(self, q: jax.Array, kc: jax.Array, vc: jax.Array, pos: jax.Array) -> jax.Array:

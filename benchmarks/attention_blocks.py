@@ -97,6 +97,8 @@ def attention_alone(lengths, reps: int) -> list[dict]:
         row = {"length": length, "blocks": len(attention.causal_blocks(length)), "max_diff": diff}
         for label in progs:
             row[f"ms_{label}"], row[f"compile_s_{label}"] = ms[label], compile_s[label]
+            # XLA's own account of the program's scratch memory (deterministic, unlike timings)
+            row[f"temp_mib_{label}"] = progs[label].memory_analysis().temp_size_in_bytes / 2**20
         rows.append(row)
         print(f"attention L {length}: {row['blocks']} blocks {ms['blocked']:.2f} ms, 4 blocks {ms['four']:.2f} ms, "
               f"whole {ms['whole']:.2f} ms; compile {compile_s['blocked']:.2f}, {compile_s['four']:.2f}, "
@@ -166,6 +168,11 @@ def transformer_step(rounds: int) -> dict:
 
 def markdown(out: dict) -> str:
     m = out["machine"]
+
+    def ratio(r):  # one block is the whole program: its two timings differ by the machine's noise only
+        return (f"{r['ms_blocked'] / r['ms_whole']:.2f}x" if r["blocks"] > 1 else
+                f"same program ({r['ms_blocked'] / r['ms_whole']:.2f}x: noise)")
+
     lines = ["# Causal query blocks in the parallel attention", "",
              f"Machine: {m['cpu']}, {m['cores']} cores, JAX {m['jax']} ({m['backend']}). Command: "
              f"`{out['command']}`. Blocked: `causal_blocks` (one block up to L {out['unblocked_up_to']}, "
@@ -173,13 +180,16 @@ def markdown(out: dict) -> str:
              f"block, the masked [l, l] scores, as before. Compiled in one process (no persistent cache), calls "
              f"alternated, medians of {out['reps']}.", "",
              "## The attention alone (4 heads of 16, batch 16), forward + backward", "",
+             "Scratch memory: XLA's `memory_analysis()` of the compiled forward + backward program.", "",
              "| L | blocks | ms (blocked) | ms (4 blocks) | ms (whole) | blocked / whole | compile s (blocked) | "
-             "compile s (4 blocks) | compile s (whole) | max abs diff, blocked |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+             "compile s (4 blocks) | compile s (whole) | scratch MiB (blocked) | scratch MiB (whole) | "
+             "max abs diff, blocked |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in out["alone"]:
         lines.append(f"| {r['length']} | {r['blocks']} | {r['ms_blocked']:.2f} | {r['ms_four']:.2f} | "
-                     f"{r['ms_whole']:.2f} | {r['ms_blocked'] / r['ms_whole']:.2f}x | {r['compile_s_blocked']:.2f} | "
-                     f"{r['compile_s_four']:.2f} | {r['compile_s_whole']:.2f} | {r['max_diff']:.1e} |")
+                     f"{r['ms_whole']:.2f} | {ratio(r)} | {r['compile_s_blocked']:.2f} | "
+                     f"{r['compile_s_four']:.2f} | {r['compile_s_whole']:.2f} | {r['temp_mib_blocked']:.0f} | "
+                     f"{r['temp_mib_whole']:.0f} | {r['max_diff']:.1e} |")
     if out.get("parts"):
         lines += ["", f"## Part programs of the attention classes (width 64, L {LONG_SEQ - 1}, batch 16), forward + backward", "",
                   "| class | ms (blocked) | ms (whole) | ratio | compile s (blocked) | compile s (whole) |",

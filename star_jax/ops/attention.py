@@ -57,14 +57,14 @@ def causal_blocks(length: int, window: int = 0) -> tuple[tuple[int, int, int, in
     the first key the block's first row sees).
 
     Up to ``UNBLOCKED_UP_TO`` positions: one block, the whole masked [l, l] scores, bit for bit
-    what the attention computed before blocks existed. There, blocks did not pay for their compile time: at L 127, four
-    blocks ran the attention alone in 0.77x the time but compiled it in 2.5x, and a
-    Transformer++ step trained no faster (1.00x, one four-round comparison). Longer:
-    ``min(MAX_QUERY_BLOCKS, ceil(length / QUERY_BLOCK))`` blocks of equal size (the last one
-    shorter), which skip most of the masked triangle: neither computed nor stored.
-    Forward + backward of the attention alone (b 16, 4 heads of 16, alternated calls in one
-    process): L 255 in 0.32x the time, L 1023 0.52x, L 2047 0.50x; a Transformer++ step at L 255
-    0.52x (``benchmarks/results/attention_blocks.md``).
+    what the attention computed before blocks existed. There, blocks did not pay for their
+    compile time: at L 127, four blocks ran the attention alone in 0.77-0.95x the time but
+    compiled it in 2.5-2.7x, and a Transformer++ step trained no faster (1.00x, one four-round
+    comparison). Longer: ``min(MAX_QUERY_BLOCKS, ceil(length / QUERY_BLOCK))`` blocks of equal
+    size (the last one shorter), which skip most of the masked triangle: neither computed nor
+    stored. Forward + backward of the attention alone (b 16, 4 heads of 16, alternated calls in
+    one process): L 255 in 0.34x the time, L 1023 0.50x, L 2047 0.52x with 0.43x the scratch
+    memory; a Transformer++ step at L 255 0.52-0.54x (``benchmarks/results/attention_blocks.md``).
     """
     n = 1 if length <= UNBLOCKED_UP_TO else min(MAX_QUERY_BLOCKS, -(-length // QUERY_BLOCK))
     size = -(-length // n)

@@ -7,7 +7,8 @@
 # candidates trained at once (whether the default of 1 worker on a GPU is right), the part
 # initialisation benchmark (whether the shared draw programs give the same bytes there), and the
 # compile time with XLA's GPU autotuning off (xla_gpu_autotune_level 0; a candidate for the GPU
-# default if it compiles much faster). Each part has its own timeout; a part that would start
+# default if it compiles much faster), and the attention's causal query blocks against the whole
+# masked scores at long lengths. Each part has its own timeout; a part that would start
 # with less than its timeout left of the budget is skipped (and recorded so).
 # Each part writes its results under OUT_DIR before the next one starts, so a timeout never
 # loses a finished part. Runs with the machine's own jax/flax/optax (no install): PYTHONPATH
@@ -57,4 +58,7 @@ part part_init 30 "$PY" benchmarks/part_init.py --out "$OUT" --name part_init_gp
 # 7. compile time of the Transformer++ and two other kinds' programs without GEMM/fusion autotuning
 part compile_options 45 "$PY" benchmarks/compile_options.py --out "$OUT" --name compile_options_gpu \
   --settings "peer job" --classes 1,9,5,8 --reps 3
+# 8. causal query blocks against the whole masked scores, the attention alone (time, compile, memory)
+part attention_blocks 30 "$PY" benchmarks/attention_blocks.py --out "$OUT" --name attention_blocks_gpu \
+  --reps 10 --lengths 127,1023,2047 --skip parts,transformer
 cat "$OUT/parts.jsonl"

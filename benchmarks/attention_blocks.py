@@ -9,6 +9,9 @@ against one block (the whole [l, l] scores, masked), in one process, calls alter
 3. A lone 8-LIV Transformer++ trained by ``star_jax.train`` at the peer job's setting but L 255
    (in-context recall at 256): the steady step, (100-step run - 1-step run) / 99, medians over
    alternated rounds.
+4. Random 8-LIV genomes (seeds 0..n-1, what a search trains) at the population-engine setting
+   but L 255: a second ``star_jax.train`` of each (60 steps and the evaluation), both ways
+   alternated per genome and round.
 
 One block is what the attention computed before blocks were introduced (``UNBLOCKED_UP_TO`` set
 above every length). Usage:
@@ -30,6 +33,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ONE_BLOCK = (1 << 30, 1 << 30)
 ATTENTION_CLASSES = (1, 2, 3, 4, 10, 11, 12, 13)
 LONG_SEQ = 256  # the task's sequence length: the models see L 255
+SECTIONS = ("alone", "parts", "transformer", "backbones")
 
 
 def _alternated(calls: dict, reps: int) -> dict:
@@ -166,6 +170,38 @@ def transformer_step(rounds: int) -> dict:
     return out
 
 
+def random_backbones(n: int, rounds: int) -> dict:
+    import star_jax as sj
+    from star_jax.ops import attention
+    from star_jax.train import parts
+
+    task = sj.tasks.make("in_context_recall", vocab_size=16, seq_len=LONG_SEQ)
+    cfg = sj.ModelConfig(width=64, vocab_size=16, max_len=task.seq_len, head_dim=16)
+    tc = sj.TrainConfig(steps=60, batch_size=16, lr=1e-3)
+    default = attention.UNBLOCKED_UP_TO
+    rows = []
+    for seed in range(n):
+        genome = sj.random_genome(8, seed)
+        times: dict = {"blocked": [], "whole": []}
+        for r in range(rounds):
+            for label in (("blocked", "whole") if (r + seed) % 2 == 0 else ("whole", "blocked")):
+                attention.UNBLOCKED_UP_TO = default if label == "blocked" else ONE_BLOCK[0]
+                parts.clear_program_cache()
+                sj.train(genome, cfg, task, tc, progress=False)  # compiles
+                t = time.perf_counter()
+                sj.train(genome, cfg, task, tc, progress=False)
+                times[label].append(time.perf_counter() - t)
+        row = {"seed": seed, "genome": str(genome), "s_blocked": statistics.median(times["blocked"]),
+               "s_whole": statistics.median(times["whole"]), "times": times,
+               "attention_livs": sum(1 for seg in genome.segments if seg.liv_class in ATTENTION_CLASSES)}
+        rows.append(row)
+        print(f"genome {seed} ({row['attention_livs']} attention LIVs): {row['s_blocked']:.2f} s against "
+              f"{row['s_whole']:.2f} s", flush=True)
+    attention.UNBLOCKED_UP_TO = default
+    parts.clear_program_cache()
+    return {"rows": rows, "s_blocked": sum(r["s_blocked"] for r in rows), "s_whole": sum(r["s_whole"] for r in rows)}
+
+
 def markdown(out: dict) -> str:
     m = out["machine"]
 
@@ -185,7 +221,7 @@ def markdown(out: dict) -> str:
              "compile s (4 blocks) | compile s (whole) | scratch MiB (blocked) | scratch MiB (whole) | "
              "max abs diff, blocked |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
-    for r in out["alone"]:
+    for r in out.get("alone", ()):
         lines.append(f"| {r['length']} | {r['blocks']} | {r['ms_blocked']:.2f} | {r['ms_four']:.2f} | "
                      f"{r['ms_whole']:.2f} | {ratio(r)} | {r['compile_s_blocked']:.2f} | "
                      f"{r['compile_s_four']:.2f} | {r['compile_s_whole']:.2f} | {r['temp_mib_blocked']:.0f} | "
@@ -210,6 +246,16 @@ def markdown(out: dict) -> str:
                   "", f"Steady step ((100-step run - 1-step run) / 99, medians over {out['rounds']} alternated "
                   f"rounds): **{t['step_ms_blocked']:.1f} ms** blocked against {t['step_ms_whole']:.1f} ms whole "
                   f"({t['step_ms_blocked'] / t['step_ms_whole']:.2f}x)."]
+    if out.get("backbones"):
+        b = out["backbones"]
+        lines += ["", f"## Random 8-LIV genomes at width 64, L {LONG_SEQ - 1}, batch 16: 60 steps and the evaluation",
+                  "", f"A second `sj.train` of each, both ways alternated, median of {out['rounds']} rounds.", "",
+                  "| seed | attention LIVs | s (blocked) | s (whole) | ratio |", "|---|---|---|---|---|"]
+        for r in b["rows"]:
+            lines.append(f"| {r['seed']} | {r['attention_livs']} | {r['s_blocked']:.2f} | {r['s_whole']:.2f} | "
+                         f"{r['s_blocked'] / r['s_whole']:.2f}x |")
+        lines += ["", f"Summed: **{b['s_blocked']:.1f} s against {b['s_whole']:.1f} s "
+                  f"({b['s_blocked'] / b['s_whole']:.2f}x)**."]
     return "\n".join(lines) + "\n"
 
 
@@ -218,7 +264,9 @@ def main() -> None:
     ap.add_argument("--reps", type=int, default=20)
     ap.add_argument("--rounds", type=int, default=4, help="alternated rounds of the Transformer++ step")
     ap.add_argument("--lengths", default="127,255,511,1023,2047")
-    ap.add_argument("--skip", default="", help="comma-separated parts to skip: parts, transformer")
+    ap.add_argument("--backbones", type=int, default=4, help="random genomes of section 4")
+    ap.add_argument("--skip", default="", help="comma-separated sections to skip: alone, parts, transformer, "
+                    "backbones")
     ap.add_argument("--name", default="attention_blocks")
     ap.add_argument("--out", default=os.path.join(HERE, "results"))
     args = ap.parse_args()
@@ -229,8 +277,8 @@ def main() -> None:
     except ValueError:
         ap.error(f"--lengths: comma-separated positive integers, got {args.lengths!r}")
     skip = {v.strip() for v in args.skip.split(",") if v.strip()}
-    if skip - {"parts", "transformer"}:
-        ap.error(f"--skip: only 'parts' and 'transformer', got {args.skip!r}")
+    if skip - set(SECTIONS):
+        ap.error(f"--skip: only {', '.join(SECTIONS)}, got {args.skip!r}")
     import star_jax  # noqa: F401  (its XLA CPU option before JAX starts)
     from star_jax.ops import attention
 
@@ -238,11 +286,14 @@ def main() -> None:
            "reps": args.reps, "rounds": args.rounds, "query_block": attention.QUERY_BLOCK,
            "unblocked_up_to": attention.UNBLOCKED_UP_TO,
            "max_blocks": attention.MAX_QUERY_BLOCKS}
-    out["alone"] = attention_alone(lengths, args.reps)
+    if "alone" not in skip:
+        out["alone"] = attention_alone(lengths, args.reps)
     if "parts" not in skip:
         out["parts"] = attention_parts(args.reps)
     if "transformer" not in skip:
         out["transformer"] = transformer_step(args.rounds)
+    if "backbones" not in skip:
+        out["backbones"] = random_backbones(args.backbones, args.rounds)
     _save_results(args.out, args.name, out, markdown(out))
 
 

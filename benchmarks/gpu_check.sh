@@ -60,5 +60,5 @@ part compile_options 45 "$PY" benchmarks/compile_options.py --out "$OUT" --name 
   --settings "peer job" --classes 1,9,5,8 --reps 3
 # 8. causal query blocks against the whole masked scores, the attention alone (time, compile, memory)
 part attention_blocks 30 "$PY" benchmarks/attention_blocks.py --out "$OUT" --name attention_blocks_gpu \
-  --reps 10 --lengths 127,1023,2047 --skip parts,transformer
+  --reps 10 --lengths 127,1023,2047 --skip parts,transformer,backbones
 cat "$OUT/parts.jsonl"

@@ -21,6 +21,7 @@ above every length). Usage:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import shlex
 import statistics
@@ -52,23 +53,36 @@ def _alternated(calls: dict, reps: int) -> dict:
     return {label: 1e3 * statistics.median(ts) for label, ts in times.items()}
 
 
-def _compiled(blocking: tuple[int, int] | None, fn, *args):
-    """``(compiled, seconds)``: ``fn`` traced with ``(UNBLOCKED_UP_TO, QUERY_BLOCK)`` set to
-    ``blocking`` (None: the defaults) and compiled."""
-    import jax
-
+@contextlib.contextmanager
+def _block_rule(blocking: tuple[int, int] | None, clear_programs: bool = False):
+    """``(UNBLOCKED_UP_TO, QUERY_BLOCK)`` set to ``blocking`` (None: the defaults) while inside;
+    with ``clear_programs``, ``sj.train``'s part programs are dropped on entry and on exit (they
+    are keyed by part kind, not by the block rule)."""
     from star_jax.ops import attention
+    from star_jax.train import parts
 
     saved = attention.UNBLOCKED_UP_TO, attention.QUERY_BLOCK
     if blocking is not None:
         attention.UNBLOCKED_UP_TO, attention.QUERY_BLOCK = blocking
+    if clear_programs:
+        parts.clear_program_cache()
     try:
-        t = time.perf_counter()
-        # a new function object: JAX caches traces per function, and QUERY_BLOCK is read while tracing
-        out = jax.jit(lambda *a: fn(*a)).lower(*args).compile()
-        return out, time.perf_counter() - t
+        yield
     finally:
         attention.UNBLOCKED_UP_TO, attention.QUERY_BLOCK = saved
+        if clear_programs:
+            parts.clear_program_cache()
+
+
+def _compiled(blocking: tuple[int, int] | None, fn, *args):
+    """``(compiled, seconds)``: ``fn`` traced under ``_block_rule(blocking)`` and compiled."""
+    import jax
+
+    with _block_rule(blocking):
+        t = time.perf_counter()
+        # a new function object: JAX caches traces per function, and the rule is read while tracing
+        out = jax.jit(lambda *a: fn(*a)).lower(*args).compile()
+        return out, time.perf_counter() - t
 
 
 def attention_alone(lengths, reps: int) -> list[dict]:
@@ -143,26 +157,21 @@ def attention_parts(reps: int) -> list[dict]:
 
 def transformer_step(rounds: int) -> dict:
     import star_jax as sj
-    from star_jax.ops import attention
-    from star_jax.train import parts
 
     task = sj.tasks.make("in_context_recall", vocab_size=32, seq_len=LONG_SEQ)
     cfg = sj.ModelConfig(width=64, vocab_size=32, max_len=task.seq_len, head_dim=16)
     tc = sj.TrainConfig(steps=100, batch_size=16, warmup_steps=10, lr=1e-3)
     genome = sj.baselines.transformer_pp(n_liv=8)
-    default = attention.UNBLOCKED_UP_TO
     runs: dict = {"blocked": {"one": [], "full": []}, "whole": {"one": [], "full": []}}
     for r in range(rounds):
         for label in (("blocked", "whole") if r % 2 == 0 else ("whole", "blocked")):
-            attention.UNBLOCKED_UP_TO = default if label == "blocked" else ONE_BLOCK[0]
-            parts.clear_program_cache()  # part programs are keyed by kind, not by the block rule
-            sj.train(genome, cfg, task, tc.replace(steps=1, warmup_steps=0), progress=False)  # compiles
-            for key, steps in (("one", 1), ("full", 100)):
-                t = time.perf_counter()
-                sj.train(genome, cfg, task, tc.replace(steps=steps, warmup_steps=min(10, steps - 1)), progress=False)
-                runs[label][key].append(time.perf_counter() - t)
-    attention.UNBLOCKED_UP_TO = default
-    parts.clear_program_cache()
+            with _block_rule(None if label == "blocked" else ONE_BLOCK, clear_programs=True):
+                sj.train(genome, cfg, task, tc.replace(steps=1, warmup_steps=0), progress=False)  # compiles
+                for key, steps in (("one", 1), ("full", 100)):
+                    t = time.perf_counter()
+                    sj.train(genome, cfg, task, tc.replace(steps=steps, warmup_steps=min(10, steps - 1)),
+                             progress=False)
+                    runs[label][key].append(time.perf_counter() - t)
     out = {"runs": runs}
     for label, r in runs.items():
         out[f"step_ms_{label}"] = 1e3 * (statistics.median(r["full"]) - statistics.median(r["one"])) / 99
@@ -172,33 +181,27 @@ def transformer_step(rounds: int) -> dict:
 
 def random_backbones(n: int, rounds: int) -> dict:
     import star_jax as sj
-    from star_jax.ops import attention
-    from star_jax.train import parts
 
     task = sj.tasks.make("in_context_recall", vocab_size=16, seq_len=LONG_SEQ)
     cfg = sj.ModelConfig(width=64, vocab_size=16, max_len=task.seq_len, head_dim=16)
     tc = sj.TrainConfig(steps=60, batch_size=16, lr=1e-3)
-    default = attention.UNBLOCKED_UP_TO
     rows = []
     for seed in range(n):
         genome = sj.random_genome(8, seed)
         times: dict = {"blocked": [], "whole": []}
         for r in range(rounds):
             for label in (("blocked", "whole") if (r + seed) % 2 == 0 else ("whole", "blocked")):
-                attention.UNBLOCKED_UP_TO = default if label == "blocked" else ONE_BLOCK[0]
-                parts.clear_program_cache()
-                sj.train(genome, cfg, task, tc, progress=False)  # compiles
-                t = time.perf_counter()
-                sj.train(genome, cfg, task, tc, progress=False)
-                times[label].append(time.perf_counter() - t)
+                with _block_rule(None if label == "blocked" else ONE_BLOCK, clear_programs=True):
+                    sj.train(genome, cfg, task, tc, progress=False)  # compiles
+                    t = time.perf_counter()
+                    sj.train(genome, cfg, task, tc, progress=False)
+                    times[label].append(time.perf_counter() - t)
         row = {"seed": seed, "genome": str(genome), "s_blocked": statistics.median(times["blocked"]),
                "s_whole": statistics.median(times["whole"]), "times": times,
                "attention_livs": sum(1 for seg in genome.segments if seg.liv_class in ATTENTION_CLASSES)}
         rows.append(row)
         print(f"genome {seed} ({row['attention_livs']} attention LIVs): {row['s_blocked']:.2f} s against "
               f"{row['s_whole']:.2f} s", flush=True)
-    attention.UNBLOCKED_UP_TO = default
-    parts.clear_program_cache()
     return {"rows": rows, "s_blocked": sum(r["s_blocked"] for r in rows), "s_whole": sum(r["s_whole"] for r in rows)}
 
 
@@ -213,14 +216,16 @@ def markdown(out: dict) -> str:
              f"Machine: {m['cpu']}, {m['cores']} cores, JAX {m['jax']} ({m['backend']}). Command: "
              f"`{out['command']}`. Blocked: `causal_blocks` (one block up to L {out['unblocked_up_to']}, "
              f"then at most {out['max_blocks']} blocks of at least {out['query_block']} query rows); whole: one "
-             f"block, the masked [l, l] scores, as before. Compiled in one process (no persistent cache), calls "
-             f"alternated, medians of {out['reps']}.", "",
-             "## The attention alone (4 heads of 16, batch 16), forward + backward", "",
-             "Scratch memory: XLA's `memory_analysis()` of the compiled forward + backward program.", "",
-             "| L | blocks | ms (blocked) | ms (4 blocks) | ms (whole) | blocked / whole | compile s (blocked) | "
-             "compile s (4 blocks) | compile s (whole) | scratch MiB (blocked) | scratch MiB (whole) | "
-             "max abs diff, blocked |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             f"block, the masked [l, l] scores, as before. Both ways in one process (no persistent cache), "
+             + (f"calls alternated, medians of {out['reps']}." if out.get("alone") or out.get("parts") else
+                "alternated.")]
+    if out.get("alone"):
+        lines += ["", "## The attention alone (4 heads of 16, batch 16), forward + backward", "",
+                  "Scratch memory: XLA's `memory_analysis()` of the compiled forward + backward program.", "",
+                  "| L | blocks | ms (blocked) | ms (4 blocks) | ms (whole) | blocked / whole | compile s (blocked) | "
+                  "compile s (4 blocks) | compile s (whole) | scratch MiB (blocked) | scratch MiB (whole) | "
+                  "max abs diff, blocked |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in out.get("alone", ()):
         lines.append(f"| {r['length']} | {r['blocks']} | {r['ms_blocked']:.2f} | {r['ms_four']:.2f} | "
                      f"{r['ms_whole']:.2f} | {ratio(r)} | {r['compile_s_blocked']:.2f} | "
@@ -270,6 +275,9 @@ def main() -> None:
     ap.add_argument("--name", default="attention_blocks")
     ap.add_argument("--out", default=os.path.join(HERE, "results"))
     args = ap.parse_args()
+    for name in ("reps", "rounds", "backbones"):
+        if getattr(args, name) < 1:
+            ap.error(f"--{name}: a positive integer, got {getattr(args, name)}")
     try:
         lengths = [int(v) for v in args.lengths.split(",")]
         if any(v < 1 for v in lengths):

@@ -269,6 +269,9 @@ def test_causal_blocks_cover_every_row_and_the_keys_it_sees():
                 assert k0 == (max(0, q0 - window + 1) if window else 0)
     assert causal_blocks(127) == ((0, 127, 0, 127),)  # the MAD tasks' length: one block, as before
     assert len(causal_blocks(255)) == 4 and len(causal_blocks(2047)) == MAX_QUERY_BLOCKS
+    for bad in ({"length": 0}, {"length": 2.5}, {"length": 8, "window": -1}):
+        with pytest.raises(ValueError, match="causal_blocks: (length|window) must be"):
+            causal_blocks(**bad)
 
 
 @pytest.mark.parametrize("name", ["mha_rope", "gqa_rep4_conv3", "window3", "linear", "relu_window4",

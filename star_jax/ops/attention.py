@@ -66,6 +66,10 @@ def causal_blocks(length: int, window: int = 0) -> tuple[tuple[int, int, int, in
     one process): L 255 in 0.34x the time, L 1023 0.50x, L 2047 0.52x with 0.43x the scratch
     memory; a Transformer++ step at L 255 0.52-0.54x (``benchmarks/results/attention_blocks.md``).
     """
+    if not _is_int(length) or length < 1:
+        raise ValueError(f"causal_blocks: length must be an int >= 1, got {length!r}")
+    if not _is_int(window) or window < 0:
+        raise ValueError(f"causal_blocks: window must be an int >= 0 (0 = full), got {window!r}")
     n = 1 if length <= UNBLOCKED_UP_TO else min(MAX_QUERY_BLOCKS, -(-length // QUERY_BLOCK))
     size = -(-length // n)
     blocks = []

@@ -63,6 +63,26 @@ def test_a_directory_of_only_corrupt_steps_is_a_clear_error_naming_steps_and_fil
     assert str(tmp_path / "1" / "arrays") in text
 
 
+@pytest.mark.parametrize("damage", ["arrays[0].path", "empty_dicts", "meta", "arrays[0].path=7"])
+def test_metadata_missing_a_field_falls_back_with_a_warning_naming_it(tmp_path, damage):
+    mgr = CheckpointManager(tmp_path)
+    for s in range(2):
+        mgr.save(s, *_state(s))
+    meta_file = tmp_path / "1" / "meta" / "metadata"
+    record = json.loads(meta_file.read_text())
+    if damage == "arrays[0].path":
+        del record["arrays"][0]["path"]
+    elif damage == "arrays[0].path=7":
+        record["arrays"][0]["path"] = 7  # not a list of keys
+    else:
+        del record[damage]
+    meta_file.write_text(json.dumps(record))
+    with pytest.warns(CheckpointWarning, match="step 1") as caught:
+        arrays, meta, step = CheckpointManager(tmp_path).restore()
+    assert step == 0 and meta == _state(0)[1]
+    assert "malformed metadata" in str(caught[0].message)
+
+
 def test_only_empty_arrays_round_trip(tmp_path):
     mgr = CheckpointManager(tmp_path)
     mgr.save(0, {"none": np.zeros((0, 3), np.float32), "d": {}}, {"m": 1})

@@ -75,6 +75,8 @@ def test_compact_form_refuses_two_digit_values():
     ("1.1.1.1.1-9.1.x.1.1", 1),
     ("1111-91111", 0),
     ("1.1.1.1.1--9.1.1.1.1", 1),
+    ("1.1.1.1.1-9.1.1.1.\u00b2", 1),  # a Unicode digit that int() refuses
+    ("11111-1111\u00b2", 1),
 ])
 def test_malformed_string_names_segment(text, segment):
     with pytest.raises(GenomeError) as e:
@@ -132,6 +134,25 @@ def test_content_hash_is_canonical_and_stable():
     # stable across processes and releases: a fixed digest
     assert Genome.from_string("1.1.1.1.1-9.1.1.1.1").content_hash() == \
         __import__("hashlib").sha256(b"1.1.1.1.1-9.1.1.1.1").hexdigest()[:16]
+
+
+def test_content_hash_is_the_same_for_every_spelling_of_one_sharing_plan():
+    # two incompatible pairs (SA-1, Rec-1) in one group id, or in two: the same architecture
+    one = Genome.from_string("1.1.2.1.1-1.1.2.1.1-5.1.2.1.1-5.1.2.1.1")
+    two = Genome.from_string("1.1.2.1.1-1.1.2.1.1-5.2.2.1.1-5.2.2.1.1")
+    assert one.sharing() == two.sharing()
+    assert one.canonical() == two.canonical() and one.content_hash() == two.content_hash()
+    assert one.canonical().sharing() == one.sharing()
+    # one group id per compatible set, the common case, keeps its labels (and its recorded hashes)
+    g = Genome.from_string("5.3.2.1.1-1.2.2.1.1-5.3.2.1.1-1.2.2.1.1")
+    assert g.canonical() == Genome.from_string("5.1.2.1.1-1.2.2.1.1-5.1.2.1.1-1.2.2.1.1")
+    # a different plan still hashes differently
+    assert one.content_hash() != Genome.from_string("1.1.2.1.1-1.1.2.1.1-5.1.1.1.1-5.1.1.1.1").content_hash()
+
+
+def test_operator_genome_text_with_a_unicode_digit_is_a_genome_error():
+    with pytest.raises(GenomeError, match="5 integers"):
+        OperatorGenome.from_string("1.2.1.2.\u00b3")
 
 
 def test_describe_shows_one_line_per_liv_with_sharing():

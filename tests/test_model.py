@@ -215,6 +215,24 @@ def test_recurrence_featurizer_genome_sets_mambas_conv():
             unregister_liv_class(cid)
 
 
+def _refused_variant(kind: str, changes: dict, match: str) -> None:
+    """A user class whose featurizer is class ``kind``'s with ``changes`` per group ({group:
+    {field: value}}) is refused, as LIV #1, with a ConfigError matching ``match``."""
+    import dataclasses
+    from star_jax.genome.classes import FeaturizerGenome, get_liv_class
+    base = {"gated": 8, "qkv": 1, "ssm": 5, "glu": 9}[kind]
+    fz = get_liv_class(base).featurizer
+    groups = tuple(dataclasses.replace(g, **changes.get(g.name, {})) for g in fz.groups)
+    op = get_liv_class(base).operator.to_string().split(".")
+    register_liv_class("Variant", ".".join(["934", *op[1:]]), FeaturizerGenome(934, kind, groups),
+                       class_id=934, replace=True)
+    try:
+        with pytest.raises(ConfigError, match=r"LIV #1 \(Variant.*" + match):
+            compile_genome(Genome([[9, 1, 1, 1, 1], [934, 1, 1, 1, 1]]), CFG)
+    finally:
+        unregister_liv_class(934)
+
+
 @pytest.mark.parametrize("kind,repeats,match", [
     ("gated", {"b": 2}, r"b, c and x need one repeat"),
     ("gated", {"b": 3, "c": 3, "x": 3}, r"repeat 3 of b, c and x must divide"),
@@ -226,19 +244,44 @@ def test_recurrence_featurizer_genome_sets_mambas_conv():
 ])
 def test_featurizer_repeat_is_used_or_refused(kind, repeats, match):
     # a featurizer genome's `repeat` either changes the model or is an error naming the LIV
-    import dataclasses
-    from star_jax.genome.classes import FeaturizerGenome, get_liv_class
-    base = {"gated": 8, "qkv": 1, "ssm": 5, "glu": 9}[kind]
-    fz = get_liv_class(base).featurizer
-    groups = tuple(dataclasses.replace(g, repeat=repeats.get(g.name, g.repeat)) for g in fz.groups)
-    op = get_liv_class(base).operator.to_string().split(".")
-    register_liv_class("Tiled", ".".join(["934", *op[1:]]), FeaturizerGenome(934, kind, groups),
-                       class_id=934, replace=True)
+    _refused_variant(kind, {g: {"repeat": r} for g, r in repeats.items()}, match)
+
+
+@pytest.mark.parametrize("kind,changes,match", [
+    ("qkv", {"k": {"token_mixing": 3, "kernel_size": 3}, "v": {"token_mixing": 3, "kernel_size": 3}},
+     r"one short convolution on all.*'q': 0, 'k': 3, 'v': 3"),
+    ("qkv", {"q": {"token_mixing": 3, "kernel_size": 3}}, r"short-conv kernel.*'q': 3, 'k': 0"),
+    ("qkv", {"q": {"expansion": 2}}, r"expansion is 1.*'q': 2"),
+    ("ssm", {"c": {"expansion": 8}}, r"one state expansion.*'b': 16, 'c': 8"),
+    ("glu", {"value": {"expansion": 4}}, r"multiplied elementwise.*'gate': 3, 'value': 4"),
+])
+def test_featurizer_group_settings_are_used_or_refused(kind, changes, match):
+    # a builder reads one setting for several groups: groups that disagree are an error naming
+    # each group's value, never a silently dropped setting
+    _refused_variant(kind, changes, match)
+
+
+def test_a_user_class_reusing_swiglus_featurizer_shares_its_weights_with_its_own_activation():
+    # ReGLU names SwiGLU's featurizer (9) with another nonlinearity: featurizer sharing is valid,
+    # builds, and each LIV's mixer applies its own activation to the shared features
+    register_liv_class("ReGLU", "9.1.1.3.2", class_id=936, replace=True)
     try:
-        with pytest.raises(ConfigError, match=r"LIV #1 \(Tiled.*" + match):
-            compile_genome(Genome([[9, 1, 1, 1, 1], [934, 1, 1, 1, 1]]), CFG)
+        shared, alone = Genome.from_string("9.1.2.1.1-936.1.2.1.1"), Genome.from_string("9.1.1.1.1-936.1.1.1.1")
+        assert shared.sharing().featurizer_owner == (0, 0)
+        toks = jax.random.randint(jax.random.key(1), (2, 12), 0, CFG.vocab_size)
+        m_shared, m_alone = build_model(shared, CFG), build_model(alone, CFG)
+        p = m_shared.init(jax.random.key(0), toks)
+        assert "featurizers_1" not in p["params"]
+        q = {"params": {**p["params"], "featurizers_1": p["params"]["featurizers_0"]}}  # written out twice
+        np.testing.assert_allclose(m_shared.apply(p, toks), m_alone.apply(q, toks), rtol=1e-5, atol=1e-6)
+        fz = 2 * CFG.width * 3 * CFG.width  # SwiGLU's gate and value, hidden 3 x width
+        assert sj.param_count(alone, CFG) - sj.param_count(shared, CFG) == fz
+        # and the part programs train it (the follower reads the owner's featurizer weights)
+        r = sj.train(shared, CFG, sj.tasks.make("in_context_recall", vocab_size=8, seq_len=12),
+                     sj.TrainConfig(steps=3, batch_size=4, warmup_steps=1), progress=False)
+        assert np.isfinite(r.metrics["test_loss"])
     finally:
-        unregister_liv_class(934)
+        unregister_liv_class(936)
 
 
 def test_generate_uses_decode_path():

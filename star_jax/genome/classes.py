@@ -10,6 +10,14 @@ from typing import Iterable
 
 from .errors import GenomeError
 
+
+def is_decimal(text: str) -> bool:
+    """Whether ``text`` is one or more ASCII digits 0-9, i.e. what ``int(text)`` reads as a
+    non-negative integer (``str.isdigit`` also accepts other Unicode digits, such as '\u00b2',
+    that ``int`` refuses)."""
+    return text.isascii() and text.isdigit()
+
+
 # Integer codes of the operator genome (STAR_SPEC section 2). Tables are data, not branches.
 TOKEN_MIXING = {1: "diagonal", 2: "low_rank", 3: "toeplitz", 4: "semi_separable"}
 SPARSITY = {1: "none", 2: "banded"}
@@ -143,7 +151,7 @@ class OperatorGenome:
     @classmethod
     def from_string(cls, text: str) -> "OperatorGenome":
         parts = text.split(".") if "." in text else list(text)
-        if len(parts) != 5 or not all(p.strip().isdigit() for p in parts):
+        if len(parts) != 5 or not all(is_decimal(p.strip()) for p in parts):
             raise GenomeError("an operator genome is 5 integers, e.g. '1.2.1.2.3' or '12123'", value=text)
         return cls(*(int(p) for p in parts))
 

@@ -12,7 +12,7 @@ from typing import Sequence
 
 import numpy as np
 
-from .classes import get_liv_class, class_ids, nearest_in_pool, LIVClass
+from .classes import get_liv_class, class_ids, is_decimal, nearest_in_pool, LIVClass
 from .errors import GenomeError
 
 POSITIONS = ("liv_class", "featurizer_group", "featurizer_sharing", "feature_group", "feature_group_sharing")
@@ -85,6 +85,14 @@ def _fgs_key(seg) -> int | None:
     return c.class_id if c.featurizer.shareable else None
 
 
+def _key_or_class(key, seg) -> object:
+    """``key(seg)``, or the class id where the class is unknown (an invalid genome's text)."""
+    try:
+        return key(seg)
+    except GenomeError:
+        return ("class", seg[0])
+
+
 class Genome:
     """A backbone genome: an immutable tuple of `Segment`s.
 
@@ -155,7 +163,7 @@ class Genome:
             part = part.strip()
             if "." in part:
                 items = part.split(".")
-            elif part.isdigit() and len(part) == SEGMENT_LEN:
+            elif is_decimal(part) and len(part) == SEGMENT_LEN:
                 items = list(part)
             else:
                 raise GenomeError(f"segment text '{part}' is neither 5 dot-separated integers nor 5 digits",
@@ -163,7 +171,7 @@ class Genome:
             if len(items) != SEGMENT_LEN:
                 raise GenomeError(f"segment text '{part}' has {len(items)} integers, needs {SEGMENT_LEN}", segment=i)
             for p, it in zip(POSITIONS, items):
-                if not it.strip().isdigit():
+                if not is_decimal(it.strip()):
                     raise GenomeError(f"segment text '{part}': '{it}' is not a non-negative integer",
                                       segment=i, position=p)
             segs.append([int(x) for x in items])
@@ -274,14 +282,22 @@ class Genome:
         return SharingPlan(tuple(owner), tuple(source))
 
     def canonical(self) -> "Genome":
-        """The same architecture with sharing group ids relabelled in order of first use and the
-        (ignored) group id of non-sharing LIVs set to 1: equal architectures, equal canonical form."""
+        """The same architecture with its sharing sets relabelled 1, 2, ... in order of first use
+        and the (ignored) group id of non-sharing LIVs set to 1: equal architectures, equal
+        canonical form.
+
+        A sharing set is the LIVs of one group id that can share (``_fs_key``/``_fgs_key``), so
+        incompatible classes in one group id form separate sets, written the same as when each
+        set has its own group id. Where every group id holds one set, its labels are those of
+        group ids in order of first use (as before sets were told apart, so recorded hashes
+        stand).
+        """
         segs = [list(s.as_tuple()) for s in self._segments]
-        for gpos, spos in ((1, 2), (3, 4)):
-            relabel: dict[int, int] = {}
+        for gpos, spos, key in ((1, 2, _fs_key), (3, 4, _fgs_key)):
+            relabel: dict[tuple, int] = {}
             for s in segs:
                 if s[spos] == SHARE:
-                    s[gpos] = relabel.setdefault(s[gpos], len(relabel) + 1)
+                    s[gpos] = relabel.setdefault((s[gpos], _key_or_class(key, s)), len(relabel) + 1)
                 else:
                     s[gpos] = 1
         return Genome(segs)

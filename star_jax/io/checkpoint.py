@@ -21,6 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 
+from star_jax.genome.classes import is_decimal
 from star_jax.io.jsonutil import RunStateWarning, _is_prng_key, canonical_json, to_jsonable
 
 FORMAT_VERSION = 1
@@ -197,7 +198,7 @@ class CheckpointManager:
             self.close()
             if write:
                 for entry in self.directory.glob(_LEGACY_TRASH):
-                    if entry.name.split(".", 1)[0].isdigit() and entry.is_dir():
+                    if is_decimal(entry.name.split(".", 1)[0]) and entry.is_dir():
                         shutil.rmtree(entry, ignore_errors=True)
             options = ocp.CheckpointManagerOptions(
                 enable_async_checkpointing=False,  # `save` returns with the step complete on disk
@@ -349,6 +350,9 @@ class CheckpointManager:
             spec = record["arrays"]
             shapes = [tuple(int(n) for n in e["shape"]) for e in spec]
             dtypes = [jnp.dtype(e["dtype"]) for e in spec]
+            paths = [tuple(e["path"]) for e in spec]
+            empty_dicts = [tuple(p) for p in record["empty_dicts"]]
+            meta = record["meta"]
         except (KeyError, TypeError, ValueError) as e:
             raise CheckpointError(f"{where}: malformed metadata {path / 'meta'}: {e}") from e
         stored = {}
@@ -362,23 +366,23 @@ class CheckpointManager:
                 raise CheckpointError(f"{where}: cannot read arrays {path / 'arrays'}: "
                                       f"{type(e).__name__}: {e}") from e
         leaves = []
-        for i, (entry, shape, dtype) in enumerate(zip(spec, shapes, dtypes)):
+        for i, (leaf_path, shape, dtype) in enumerate(zip(paths, shapes, dtypes)):
             if math.prod(shape) == 0:
                 a = np.zeros(shape, dtype)
             else:
                 a = np.asarray(stored.get(f"leaf_{i:05d}") if isinstance(stored, dict) else None)
                 if a.shape != shape or a.dtype != dtype:
                     raise CheckpointError(
-                        f"{where}: array {entry['path']} in {path / 'arrays'} is "
+                        f"{where}: array {list(leaf_path)} in {path / 'arrays'} is "
                         f"{a.dtype}{list(a.shape)}, expected {dtype}{list(shape)}")
-            leaves.append((tuple(entry["path"]), a))
+            leaves.append((leaf_path, a))
         header = {k: v for k, v in record.items() if k != "sha256"}
         digest = _digest(header, [a for _, a in leaves])
         if digest != record.get("sha256"):
             raise CheckpointError(f"{where}: checksum mismatch (stored {record.get('sha256')}, "
                                   f"computed {digest}); its files {path / 'meta'} or "
                                   f"{path / 'arrays'} were changed or cut short")
-        return _unflatten(leaves, [tuple(p) for p in record["empty_dicts"]]), record["meta"]
+        return _unflatten(leaves, empty_dicts), meta
 
     def delete(self, step: int) -> None:
         """Deletes one step.

@@ -11,6 +11,7 @@ from typing import Callable
 
 import flax.linen as nn
 
+from star_jax.genome.classes import is_decimal
 from star_jax.genome import Genome, LIVClass
 from star_jax.genome.classes import NONLINEARITY
 from star_jax.ops.attention import AttentionFeaturizer, AttentionMixer
@@ -76,7 +77,7 @@ def parse_param_name(name: str) -> tuple[str, int] | None:
     """The inverse of ``param_name``: ``(collection, index)``, or None for ``embed``,
     ``final_norm``, ``head`` and any other key."""
     collection, _, index = name.rpartition("_")
-    if collection in PARAM_COLLECTIONS and index.isdigit():
+    if collection in PARAM_COLLECTIONS and is_decimal(index):
         return collection, int(index)
     return None
 
@@ -121,6 +122,15 @@ def _single(i: int, cls: LIVClass, names, why: str) -> None:
                           f"{tiled}, but {why}; use repeat 1")
 
 
+def _agree(i: int, cls: LIVClass, names, value: Callable, what: str, why: str):
+    """The one ``value(group)`` the featurizer groups ``names`` (None: all) share, else a
+    ConfigError naming each group's value (a builder must never drop a group's setting)."""
+    got = {g.name: value(g) for g in cls.featurizer.groups if names is None or g.name in names}
+    if len(set(got.values())) > 1:
+        raise ConfigError(f"{_liv_where(i, cls)}: {why}, so its groups need one {what}, but they ask for {got}")
+    return next(iter(got.values()))
+
+
 def _attention(i: int, cls: LIVClass, cfg: ModelConfig):
     op, fz = cls.operator, cls.featurizer
     where = _liv_where(i, cls)
@@ -141,9 +151,13 @@ def _attention(i: int, cls: LIVClass, cfg: ModelConfig):
                           f"count is a multiple of {repeat}")
     if head_dim % 2 and op.nonlinearity == 2:
         raise ConfigError(f"{where}: rotary embeddings need an even head_dim, got {head_dim}")
-    qname = "q1" if fz.differential else "q"
-    qg = fz.group(qname)
-    conv = qg.kernel_size if qg.token_mixing == 3 else 0
+    wide = {g.name: g.expansion for g in fz.groups if g.expansion != 1}
+    if wide:
+        raise ConfigError(f"{where}: attention groups are heads x head_dim channels wide (heads from ModelConfig's "
+                          f"width / head_dim), so their expansion is 1, but groups ask for {wide}")
+    conv = _agree(i, cls, None, lambda g: g.kernel_size if g.token_mixing == 3 else 0,
+                  "short-conv kernel (token_mixing 3 with a kernel_size, or token_mixing 1 for none)",
+                  "the attention featurizer runs one short convolution on all of its projections")
     kind = ATTENTION_KINDS[op.nonlinearity]
     window = cfg.window if op.sparsity == 2 else 0
     feat = AttentionFeaturizer(width=cfg.width, n_heads=n_heads, n_kv_heads=n_heads // repeat, head_dim=head_dim,
@@ -158,7 +172,8 @@ def _recurrence(i: int, cls: LIVClass, cfg: ModelConfig):
     fz = cls.featurizer
     where = _liv_where(i, cls)
     _single(i, cls, None, "the recurrence featurizer does not tile its groups")
-    e = fz.group("b1" if fz.differential else "b").expansion
+    e = _agree(i, cls, [g.name for g in fz.groups if g.name.rstrip("12") in ("b", "c")], lambda g: g.expansion,
+               "expansion", "B and C are the state's input and output maps, one state expansion")
     # Mamba's causal depthwise conv + SiLU on x (B, C and dt then read the convolved x)
     xg = fz.group("x")
     conv = xg.kernel_size if xg.token_mixing == 3 else 0
@@ -218,13 +233,13 @@ def _gated_conv(i: int, cls: LIVClass, cfg: ModelConfig):
 
 def _memoryless(i: int, cls: LIVClass, cfg: ModelConfig):
     fz = cls.featurizer
-    gate = fz.group("gate1" if fz.differential else "gate")
     _single(i, cls, None, "the memoryless featurizer does not tile its groups")
     act = ACTIVATIONS.get(cls.operator.nonlinearity)
     if act is None:
         raise ConfigError(f"{_liv_where(i, cls)}: memoryless LIVs support nonlinearity none/relu/swish, "
                           f"not {NONLINEARITY[cls.operator.nonlinearity]}")
-    hidden = gate.expansion * cfg.width
+    hidden = _agree(i, cls, None, lambda g: g.expansion, "expansion",
+                    "the gate and the value are multiplied elementwise") * cfg.width
     return (GLUFeaturizer(width=cfg.width, hidden=hidden, activation=act, differential=fz.differential),
             GLUMixer(width=cfg.width, hidden=hidden, activation=act, differential=fz.differential))
 
@@ -237,6 +252,17 @@ FAMILY_BUILDERS: dict[str, Callable] = {
     "gated": _gated_conv,
     "glu": _memoryless,
 }
+
+
+def _same_weights(owner, feat) -> bool:
+    """Whether featurizer ``feat`` computes, from the same weights, what its sharing owner's
+    ``owner`` does: equal, or equal but for fields the featurizer only records
+    (``recorded_fields``, e.g. the activation a GLU featurizer notes for its mixer; a user LIV
+    class may reuse SwiGLU's featurizer with another nonlinearity and share its weights)."""
+    if owner == feat:
+        return True
+    fields = getattr(type(owner), "recorded_fields", ())
+    return type(owner) is type(feat) and bool(fields) and owner.clone(**{f: getattr(feat, f) for f in fields}) == feat
 
 
 def compile_genome(genome: Genome, cfg: ModelConfig) -> Program:
@@ -260,7 +286,7 @@ def compile_genome(genome: Genome, cfg: ModelConfig) -> Program:
     for i, c in enumerate(classes):
         feat, mix = built[i]
         owner = plan.featurizer_owner[i]
-        if built[owner][0] != feat:  # cannot happen for valid genomes; guard the invariant
+        if not _same_weights(built[owner][0], feat):  # cannot happen for valid genomes; guard the invariant
             raise ConfigError(f"{_liv_where(i, c)}: featurizer differs from that of its sharing owner #{owner}")
         src = plan.feature_source[i]
         shared = tuple(feat.shareable()) if src is not None else ()

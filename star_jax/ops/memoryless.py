@@ -4,6 +4,8 @@ It is STAR's channel-mixing block (the MLP of a Transformer++): no token interac
 """
 from __future__ import annotations
 
+from typing import ClassVar
+
 import chex
 import flax.linen as nn
 import jax
@@ -38,6 +40,10 @@ class GLUFeaturizer(StatelessFeaturizer):
     hidden: int
     activation: str = "swish"
     differential: bool = False
+
+    recorded_fields: ClassVar[tuple[str, ...]] = ("activation",)
+    """Fields this featurizer only records (its features and weights do not depend on them), so
+    LIVs whose featurizers differ only there can share its weights (``compile_genome``)."""
 
     @nn.nowrap
     def groups(self) -> tuple[str, ...]:

@@ -183,7 +183,7 @@ def cmd_report(args) -> int:
 
 def cmd_reevaluate(args) -> int:
     from star_jax.evolve.display import fmt
-    from star_jax.evolve.reevaluate import reevaluate
+    from star_jax.evolve.reevaluate import failures_note, reevaluate
 
     if not (pathlib.Path(args.run_dir) / "config.json").exists():
         raise CliError(f"{args.run_dir} is not a run directory (no config.json)")
@@ -204,7 +204,7 @@ def cmd_reevaluate(args) -> int:
     print(f"front vs baselines ({out.interval}):")
     for c in out.comparisons:
         print(f"  {names.get(c.genome, c.genome):<40} vs {c.baseline:<14} {c.mean:+.4f} "
-              f"[{c.low:+.4f}, {c.high:+.4f}]  {c.verdict}")
+              f"[{c.low:+.4f}, {c.high:+.4f}]  {c.verdict}{failures_note(c)}")
     print(pathlib.Path(args.run_dir) / "reevaluation.md")
     return 0
 

@@ -12,6 +12,7 @@ import time
 
 import numpy as np
 import pytest
+import warnings
 
 from star_jax.evolve import EvolveConfig, evolve, load_run, write_report
 from star_jax.evolve.config import ConfigFieldError
@@ -222,6 +223,40 @@ def test_unreadable_checkpoints_are_rebuilt_from_the_records(tmp_path):
     assert rebuilt.archive == load_run(run).archive
     assert (run / "baselines.jsonl").read_text() == (tmp_path / "short" / "baselines.jsonl").read_text()
     assert load_run(run).generations_done == 3  # checkpoints written again
+
+
+@pytest.mark.parametrize("kill_at", [2, 6, 10])  # the baselines; generation 0; after the rebuild's 1st checkpoint
+def test_a_rebuild_killed_half_way_trains_nothing_again(tmp_path, monkeypatch, kill_at):
+    import star_jax.evolve.runstate as runstate
+    from star_jax.io import RunDir
+
+    run = tmp_path / "run"
+    evolve(tiny(baselines=True, generations=2), run, progress=False, evaluator=CountingEvaluator())
+    for f in (run / "checkpoints").rglob("*"):
+        if f.is_file() and f.stat().st_size > 0:
+            f.write_bytes(b"garbage")
+    calls = []
+
+    def dying(write):  # the process is killed as it writes back a replayed record (16 writes in all)
+        def wrapped(*args):
+            calls.append(args)
+            if len(calls) == kill_at:
+                raise KeyboardInterrupt
+            write(*args)
+        return wrapped
+
+    with monkeypatch.context() as m:
+        m.setattr(runstate, "append_jsonl", dying(runstate.append_jsonl))
+        m.setattr(RunDir, "append_evaluation", dying(RunDir.append_evaluation))
+        with pytest.warns(RuntimeWarning, match="rebuilding the run"), pytest.raises(KeyboardInterrupt):
+            evolve(tiny(baselines=True, generations=2), run, progress=False, evaluator=CountingEvaluator())
+    ev = CountingEvaluator()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # a second rebuild, or a resume from its checkpoint
+        evolve(tiny(baselines=True, generations=2), run, progress=False, evaluator=ev)
+    assert ev.trained == []  # every genome trained before the rebuild is served from its records
+    evolve(tiny(baselines=True, generations=2), tmp_path / "short", progress=False, evaluator=CountingEvaluator())
+    _assert_same_run(run, tmp_path / "short")
 
 
 def test_unreadable_checkpoints_and_no_records_is_a_clear_error(tmp_path):

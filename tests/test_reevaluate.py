@@ -92,6 +92,56 @@ def test_a_real_advantage_is_called_better_and_a_rerun_trains_nothing(tmp_path):
     assert [c[0] for c in ev.calls] == [5] and more.seeds[-1] == 5
 
 
+def test_a_genome_that_fails_on_seeds_its_baseline_trained_is_never_better():
+    from star_jax.evolve.reevaluate import compare_over_seeds, failures_note
+
+    # on the two seeds both trained the genome looks far better, but it diverged on three
+    (c,) = compare_over_seeds([("g", (None, None, None, 0.10, 0.11))], [("B", (0.50, 0.52, 0.49, 0.50, 0.51))])
+    assert (c.n, c.failed, c.baseline_failed) == (2, 3, 0) and c.high < 0 and c.verdict == "within noise"
+    assert "3 seeds only the front genome diverged or failed on" in failures_note(c)
+    # the mirror image: a baseline that failed where the genome trained is not called better by "worse"
+    (c,) = compare_over_seeds([("g", (0.50, 0.52, 0.49, 0.50, 0.51))], [("B", (0.10, None, 0.11, 0.12, 0.10))])
+    assert (c.failed, c.baseline_failed, c.verdict) == (0, 1, "within noise")
+    # failures on both sides of one seed are no evidence either way; clean seeds keep their verdict
+    (c,) = compare_over_seeds([("g", (None, 0.10, 0.11, 0.10))], [("B", (None, 0.50, 0.52, 0.51))])
+    assert (c.n, c.failed, c.baseline_failed, c.verdict) == (3, 0, 0, "better") and failures_note(c) == ""
+
+
+def test_the_reevaluation_report_counts_failed_seeds(tmp_path):
+    run = tmp_path / "run"
+    ev = NoiseEvaluator()
+    result = evolve(_config(generations=1), run, progress=False, evaluator=ev)
+    first = result.front_records[0]
+
+    def failing(genomes, config, task, *, on_candidate=None):  # the first front genome diverges on seed 2
+        out = ev(genomes, config, task)
+        for g, r in zip(genomes, out):
+            if g.content_hash() == first["hash"] and config.train.seed == 2:
+                r.update(test_loss=math.inf, test_accuracy=0.0, diverged=True)
+        return out
+
+    out = reevaluate(run, seeds=3, evaluator=failing)
+    (s,) = [s for s in out.summaries if s.hash == first["hash"] and s.kind == "front"]
+    assert s.values[1] is None and s.values[0] is not None
+    text = (run / "reevaluation.md").read_text()
+    assert "(2 seeds; 1 diverged or failed)" in text and "1 seed only the front genome diverged or failed on" in text
+
+
+def test_a_reevaluation_killed_mid_append_resumes_with_a_clean_file(tmp_path):
+    run = tmp_path / "run"
+    ev = NoiseEvaluator()
+    evolve(_config(generations=1), run, progress=False, evaluator=ev)
+    want = reevaluate(run, seeds=2, evaluator=ev)
+    path = run / REEVAL_FILE
+    lines = path.read_text().splitlines()
+    path.write_text("\n".join(lines[:-1]) + "\n" + lines[-1][:25])  # the last record cut short by a kill
+    with pytest.warns(Warning, match="last line"):
+        again = reevaluate(run, seeds=2, evaluator=ev)
+    assert again == want
+    assert [json.loads(x) for x in path.read_text().splitlines()][:-1] == [json.loads(x) for x in lines[:-1]]
+    assert len(path.read_text().splitlines()) == len(lines)  # the cut record was trained again, once
+
+
 def test_bad_seed_count(tmp_path):
     with pytest.raises(ValueError, match="seeds must be an integer >= 2"):
         reevaluate(tmp_path, seeds=1)
@@ -127,7 +177,13 @@ def test_noise_aware_selection_scores_the_mean_over_seeds_and_the_report_flags_n
         assert r["objectives"]["error"] == pytest.approx(1 - np.mean(accs))
     write_report(tmp_path / "run")
     text = (tmp_path / "run" / "plots" / "front.md").read_text()
-    assert "over 3 training seeds" in text and "within noise" in text
+    assert "over the 3 training seeds the search selected with" in text and "within noise" in text
+    # the seeds that chose the front never give a verdict; a re-evaluation skips them
+    table = text.split("| on the selection seeds |")[1]
+    assert "better" not in table and "star-jax reevaluate" in text
+    ev.calls.clear()
+    out = reevaluate(tmp_path / "run", seeds=2, evaluator=ev)
+    assert out.seeds == (3, 4) and {c[0] for c in ev.calls} == {3, 4}
     # one seed per genome: the report says nothing is resolved
     evolve(_config(generations=1), tmp_path / "one", progress=False, evaluator=NoiseEvaluator())
     write_report(tmp_path / "one")

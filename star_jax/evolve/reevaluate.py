@@ -2,7 +2,8 @@
 
 A search keeps the best of many noisy scores, so the front is biased towards genomes whose one
 training seed was lucky. `reevaluate` retrains every front genome and every baseline with K
-fresh training seeds (the search's own seed excluded: seeds ``train.seed + 1 ... + K``) at the
+fresh training seeds (the r = ``train_seeds`` seeds the search selected with, ``train.seed ...
+train.seed + r - 1``, excluded: seeds ``train.seed + r ... train.seed + r + K - 1``) at the
 run's budget, and compares each front genome with each baseline by the paired differences of
 their quality objective over the same seeds (same initialisation seed and batch order for both).
 The baselines are the comparisons' reference, so they are retrained here even for a run made with
@@ -13,7 +14,10 @@ difference (front genome minus baseline; the objective is minimised, so negative
 made simultaneous over the m comparisons of a re-evaluation by Bonferroni (a = 0.05 / m), so the
 chance that *any* verdict is a false "better" or "worse" is at most 5%. A front genome is
 "better" than a baseline only when its whole interval is below 0, "worse" when it is above 0,
-and "within noise" otherwise.
+and "within noise" otherwise. A run that diverged or failed is the worst value: the interval is
+taken over the seeds both trained, and a genome that failed on a seed its baseline trained is
+never "better" than it (nor "worse" where the baseline failed and it did not); the tables count
+those seeds.
 
 Results are appended per (genome, seed) to ``reevaluation.jsonl`` in the run directory, so a
 killed re-evaluation resumes where it stopped; ``reevaluation.md`` and
@@ -39,7 +43,7 @@ from star_jax.evolve.records import Candidate, EvalRecord
 from star_jax.evolve.runstate import load_run
 from star_jax.genome import Genome
 from star_jax.io import RunDir
-from star_jax.io.jsonutil import append_jsonl, read_jsonl
+from star_jax.io.jsonutil import append_jsonl, read_jsonl, repair_jsonl
 
 REEVAL_FILE = "reevaluation.jsonl"
 SIZE_OBJECTIVES = ("params", "cache_bytes", "latency_ms")
@@ -112,7 +116,8 @@ class SeedSummary:
         genome, hash: the genome string and content hash.
         values: the quality objective per seed, in ``Reevaluation.seeds`` order (None: the run
             diverged or failed, the worst value).
-        mean, sd: over the finite values (sd with ddof 1; nan with fewer than two).
+        mean, sd: over the finite values (sd with ddof 1; nan with fewer than two); ``failed``
+            says how many values they leave out.
         search_value: the objective the search recorded with its own seed.
         params, cache_bytes: the genome's sizes.
     """
@@ -131,7 +136,9 @@ class SeedSummary:
 
 @dataclasses.dataclass(frozen=True)
 class PairedComparison:
-    """A front genome against a baseline: mean paired difference and its 95% interval."""
+    """A front genome against a baseline: mean paired difference and its 95% interval over the
+    ``n`` seeds both trained; ``failed`` (``baseline_failed``) counts the seeds on which only the
+    front genome (only the baseline) diverged or failed."""
 
     genome: str
     baseline: str
@@ -140,6 +147,8 @@ class PairedComparison:
     high: float
     n: int
     verdict: str
+    failed: int = 0
+    baseline_failed: int = 0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -167,16 +176,30 @@ class Reevaluation:
 
 def compare_over_seeds(front: Sequence[tuple[str, Sequence[float | None]]],
                        baselines: Sequence[tuple[str, Sequence[float | None]]]) -> list[PairedComparison]:
-    """Every front genome against every baseline from per-seed values (same seeds, same order):
-    paired t intervals, simultaneous 95% over all the comparisons (Bonferroni)."""
+    """Every front genome against every baseline from per-seed values (same seeds, same order;
+    None: the run diverged or failed, the worst value): paired t intervals over the seeds both
+    trained, simultaneous 95% over all the comparisons (Bonferroni). A side that failed on a seed
+    the other trained cannot win the verdict: "better" (or "worse") becomes "within noise"."""
     level = 1.0 - 0.05 / max(1, len(front) * len(baselines))
     out = []
     for fname, fvals in front:
         for bname, bvals in baselines:
             pairs = [(x, y) for x, y in zip(fvals, bvals) if x is not None and y is not None]
+            failed = sum(x is None and y is not None for x, y in zip(fvals, bvals))
+            baseline_failed = sum(x is not None and y is None for x, y in zip(fvals, bvals))
             mean, low, high = paired_interval([p[0] for p in pairs], [p[1] for p in pairs], level=level)
-            out.append(PairedComparison(fname, bname, mean, low, high, len(pairs), verdict(low, high)))
+            call = verdict(low, high)
+            if (call == "better" and failed) or (call == "worse" and baseline_failed):
+                call = "within noise"
+            out.append(PairedComparison(fname, bname, mean, low, high, len(pairs), call, failed, baseline_failed))
     return out
+
+
+def failures_note(c: PairedComparison) -> str:
+    """``""``, or what a comparison's verdict leaves out: the seeds only one side failed on."""
+    parts = [f"{n} seed{'s' if n != 1 else ''} only {who} diverged or failed on"
+             for n, who in ((c.failed, "the front genome"), (c.baseline_failed, "the baseline")) if n]
+    return f" ({'; '.join(parts)}; interval over the other {c.n})" if parts else ""
 
 
 def quality_objective(config: EvolveConfig) -> str:
@@ -197,7 +220,8 @@ def reevaluate(run_dir, seeds: int = 5, *, evaluator: Callable | None = None,
 
     Arguments:
         run_dir: an evolution run directory (``star_jax.evolve``).
-        seeds: K >= 2, the number of training seeds (``train.seed + 1 ... train.seed + K``).
+        seeds: K >= 2, the number of training seeds (``train.seed + r ... train.seed + r + K -
+            1``, with r the run's ``train_seeds``: none of the seeds that selected the front).
         evaluator: the training function (default: the run's, ``train_candidates``); same
             signature as ``evolve``'s.
         progress: print one line per finished seed to stderr.
@@ -212,7 +236,8 @@ def reevaluate(run_dir, seeds: int = 5, *, evaluator: Callable | None = None,
     result = load_run(run_dir)
     config = result.config
     objective = quality_objective(config)
-    seed_list = tuple(config.train.seed + 1 + i for i in range(seeds))
+    first = config.train.seed + config.train_seeds  # after every seed the search selected with
+    seed_list = tuple(first + i for i in range(seeds))
     entries: list[tuple[str, str, Genome, EvalRecord | None]] = [
         ("front", r.short or r.genome, g, r) for g, r in zip(result.pareto_front, result.front_records)]
     recorded_baselines = {r.baseline: r for r in result.baselines}
@@ -223,6 +248,7 @@ def reevaluate(run_dir, seeds: int = 5, *, evaluator: Callable | None = None,
     task = config.make_task()
     evaluator = evaluator or loop.train_candidates
     with rd.lock():
+        repair_jsonl(path)  # a line cut short by a kill mid-append: cut off before appending after it
         done = {(r["hash"], r["seed"]): r for r in (read_jsonl(path) if path.exists() else [])
                 if isinstance(r, dict) and "hash" in r and "seed" in r}
         # seeds with the same genomes left to train go together: one call trains them all
@@ -295,7 +321,9 @@ def write_reevaluation_report(reeval: Reevaluation, run_dir, config: EvolveConfi
     label = _labels(reeval)
     for s in reeval.summaries:
         per_seed = ", ".join(fmt(v, 3) for v in s.values)
-        lines.append(f"| {s.kind} | {label[id(s)]} | {per_seed} | {fmt(s.mean, 4)} +- {fmt(s.sd, 4)} "
+        failed = sum(v is None for v in s.values)
+        over = f" ({len(s.values) - failed} seeds; {failed} diverged or failed)" if failed else ""
+        lines.append(f"| {s.kind} | {label[id(s)]} | {per_seed} | {fmt(s.mean, 4)} +- {fmt(s.sd, 4)}{over} "
                      f"| {fmt(s.search_value, 4)} | {s.cache_bytes if s.cache_bytes is not None else '-'} "
                      f"| {s.params if s.params is not None else '-'} |")
     lines += ["", "Paired differences (front genome minus baseline; negative = the front genome is better):", "",
@@ -303,7 +331,7 @@ def write_reevaluation_report(reeval: Reevaluation, run_dir, config: EvolveConfi
     short = {s.genome: label[id(s)] for s in reeval.summaries if s.kind == "front"}
     for c in reeval.comparisons:
         lines.append(f"| {short.get(c.genome, c.genome)} | {c.baseline} | {fmt(c.mean, 4)} | "
-                     f"[{fmt(c.low, 4)}, {fmt(c.high, 4)}] | {c.verdict} |")
+                     f"[{fmt(c.low, 4)}, {fmt(c.high, 4)}] | {c.verdict}{failures_note(c)} |")
     md = run_dir / "reevaluation.md"
     md.write_text("\n".join(lines) + "\n", encoding="utf-8")
 
@@ -336,4 +364,5 @@ def write_reevaluation_report(reeval: Reevaluation, run_dir, config: EvolveConfi
 
 
 __all__ = ["reevaluate", "Reevaluation", "SeedSummary", "PairedComparison", "paired_interval", "verdict",
-           "t_quantile", "quality_objective", "compare_over_seeds", "write_reevaluation_report", "REEVAL_FILE"]
+           "t_quantile", "quality_objective", "compare_over_seeds", "failures_note", "write_reevaluation_report",
+           "REEVAL_FILE"]

@@ -12,7 +12,7 @@ from star_jax.evolve.display import fmt as _fmt
 from star_jax.evolve.hypervolume import normalize_hypervolume
 from star_jax.evolve.objectives import get_objective
 from star_jax.evolve.records import EvalRecord
-from star_jax.evolve.reevaluate import compare_over_seeds
+from star_jax.evolve.reevaluate import compare_over_seeds, failures_note
 from star_jax.evolve.runstate import load_run
 
 __all__ = ["write_report", "print_front", "front_rows", "front_markdown", "plane_front", "dominated_front_points",
@@ -387,12 +387,17 @@ def hypervolume_figure(result):
 
 
 def seed_noise_markdown(result) -> str:
-    """Which front genomes' advantages over the baselines are within training-seed noise.
+    """How the front genomes' differences from the baselines compare with training-seed noise.
 
     With ``train_seeds`` > 1 every record holds its per-seed test accuracies (the same seeds for
     every genome), and each front genome is compared with each baseline on error = 1 - accuracy
     by paired t intervals, simultaneous at 95% (``star_jax.evolve.reevaluate.compare_over_seeds``).
-    With one seed per genome nothing can be resolved, and the text says how to re-evaluate.
+    These are the seeds that selected the front, so an interval that excludes 0 is biased in the
+    front's favour (a search keeps the luckiest of many noisy scores, so among equally good
+    genomes the front's errors on these seeds are the low ones): the table says "resolved",
+    never "better", and points to ``star-jax reevaluate``,
+    whose fresh seeds give the verdicts. With one seed per genome nothing can be resolved, and
+    the text says how to re-evaluate.
     """
     def errors(r: EvalRecord):
         accs = r.seed_test_accuracy
@@ -407,11 +412,14 @@ def seed_noise_markdown(result) -> str:
                 "baselines are not resolved. Run `star-jax reevaluate RUN_DIR --seeds 5` (or set "
                 "train_seeds >= 2) before claiming a front genome is better.\n")
     rows = compare_over_seeds(front, bases)
-    lines = [f"Error = 1 - accuracy over {len(front[0][1])} training seeds; paired t intervals, simultaneous 95% "
-             "(Bonferroni); negative = the front genome is better.\n",
-             "| front genome | baseline | mean difference | interval | verdict |", "|---|---|---|---|---|"]
+    lines = [f"Error = 1 - accuracy over the {len(front[0][1])} training seeds the search selected with; paired t "
+             "intervals, simultaneous 95% (Bonferroni); negative = the front genome's error is lower. These seeds "
+             "chose the front, so its differences here are biased in its favour: run `star-jax reevaluate RUN_DIR "
+             "--seeds 5` (fresh seeds) before claiming a front genome is better.\n",
+             "| front genome | baseline | mean difference | interval | on the selection seeds |", "|---|---|---|---|---|"]
     lines += [f"| {c.genome} | {c.baseline} | {c.mean:+.4f} | [{c.low:+.4f}, {c.high:+.4f}] | "
-              f"{'**' + c.verdict + '**' if c.verdict != 'within noise' else c.verdict} |" for c in rows]
+              f"{'within noise' if c.verdict == 'within noise' else 'resolved, ' + ('lower' if c.verdict == 'better' else 'higher')}"
+              f"{failures_note(c)} |" for c in rows]
     return "\n".join(lines) + "\n"
 
 

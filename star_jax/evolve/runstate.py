@@ -23,6 +23,10 @@ checkpointed NSGA-II state, resume, extension and ``load_run``. The loop itself 
 # - Baselines are evaluated once per run, in generation 0's training call, and never enter the
 #   NSGA-II population unless seeded; a run resumed before checkpoint 1 trains them again, so
 #   every training call holds the same genomes in an interrupted run as in an uninterrupted one.
+# - A rebuild (no readable checkpoint) first writes every record it will replay to
+#   ``replay.jsonl``, then clears the record files it replays into; a later start (a rebuild or a
+#   checkpoint written by the rebuild) serves genomes from that file before training any, so a
+#   rebuild killed half-way loses no recorded training.
 
 from __future__ import annotations
 
@@ -42,12 +46,15 @@ from star_jax.evolve.evaluation import (baseline_genomes, derive_reference, fron
 from star_jax.evolve.records import RUN_FORMAT, Candidate, EvalRecord, RunState
 from star_jax.genome import Genome
 from star_jax.io import CheckpointError, RunConfigMismatch, RunDir, RunDirError
+from star_jax.io.atomic import atomic_write_text
 from star_jax.io.jsonutil import append_jsonl, read_jsonl, rewrite_jsonl, to_jsonable, write_json_atomic
 from star_jax.io.rundir import config_diff
 
 __all__ = ["EvolveResult", "Run", "load_run", "extend_run", "complete_config", "RUN_FORMAT", "BASELINES_FILE", "EXTENSIONS_FILE"]
 
 BASELINES_FILE = "baselines.jsonl"
+REPLAY_FILE = "replay.jsonl"
+"""The records a rebuild replays, kept until the run directory is deleted (see the design notes)."""
 EXTENSIONS_FILE = "extensions.jsonl"
 """One line per extension of a finished run by more generations (see ``evolve``)."""
 
@@ -192,7 +199,9 @@ class Run:
         try:
             run = cls.restore(rd, config)
         except CheckpointError as e:
-            replay = {r.hash: r for r in _records(rd.path / BASELINES_FILE) + _records(rd.evaluations_path)}
+            pending = rd.path / REPLAY_FILE
+            replay = {r.hash: r for r in _records(pending) + _records(rd.path / BASELINES_FILE)
+                      + _records(rd.evaluations_path)}
             if not replay:
                 raise CheckpointError(f"{e}\n{rd.evaluations_path} holds no records to rebuild the run from; "
                                       f"start a fresh run with another --run-dir") from None
@@ -200,9 +209,14 @@ class Run:
                           f"{len(replay)} records of {rd.evaluations_path} (the seeded search is replayed with "
                           f"the recorded objectives; nothing recorded is trained again)", RuntimeWarning,
                           stacklevel=3)
+            # on disk before the record files are cleared below: a rebuild killed half-way loses nothing
+            atomic_write_text(pending, "".join(json.dumps(to_jsonable(r.to_json()), ensure_ascii=True) + "\n"
+                                               for r in replay.values()))
             run = cls(rd, config, 0, fresh(), {}, [], [], [], None, replay)
         if run is None:
             run = cls(rd, config, 0, fresh(), {}, [], [], [], None)
+        elif not run.replay and (rd.path / REPLAY_FILE).exists():  # a rebuild that checkpointed, then stopped
+            run.replay = {r.hash: r for r in _records(rd.path / REPLAY_FILE)}
         if run.reference_point is None and config.reference_point is not None:
             run.reference_point = tuple(config.reference_point)
         rd.filter_evaluations(_before(run.start))

@@ -156,7 +156,10 @@ def score(
     (micro-averaged) over counted positions, where MAD's torchmetrics accuracy averages over
     classes; the cosine decays per step rather than per epoch; decay skips every parameter with
     ndim < 2 (MAD: names containing "bias" or "norm"); the compression task is trained per
-    position (MAD reads the last position with an encoder-decoder head).
+    position (MAD reads the last position with an encoder-decoder head), where copying the
+    current token through the residual path solves it: every backbone scores about 1.0 there
+    (``benchmarks/results/mad_card.md``), so compression settings add the same amount to every
+    genome's score.
 
     Arguments:
         genome: a ``Genome`` or its text form.

@@ -9,7 +9,7 @@ from typing import Any, Iterator, Mapping, Sequence
 import numpy as np
 
 from star_jax.evolve.ask_tell import NSGA2State, state_from_dict, state_to_dict
-from star_jax.genome import Genome
+from star_jax.genome import Genome, GenomeError
 
 __all__ = ["Candidate", "EvalRecord", "RunState", "RUN_FORMAT", "RUN_FORMATS"]
 
@@ -80,6 +80,19 @@ _TAIL = ("seed_test_accuracy", "test_accuracy_sd", "loss", "accuracy", "latency_
 _ABSENT_WHEN_NONE = ("seed_test_accuracy", "baseline")     # never written as null
 _OPTIONAL = ("test_accuracy_sd", "latency_ms")             # written (maybe as null) only when measured
 _FIELDS = _HEAD + _TAIL
+
+
+def current_hash(genome: Any, recorded: str) -> str:
+    """The archive key of a recorded genome: its ``content_hash()`` now, or ``recorded`` when the
+    text does not parse. They differ for a genome whose sharing group id held several
+    incompatible sharing sets, recorded before the canonical form told them apart (then the same
+    plan spelled with one group id per set had another hash)."""
+    if not isinstance(genome, str):
+        return recorded
+    try:
+        return Genome.from_string(genome).content_hash()
+    except GenomeError:
+        return recorded
 
 
 def _require(data: Any, keys: Sequence[str], what: str) -> None:
@@ -202,6 +215,7 @@ class EvalRecord(Mapping):
             data = {("failure" if k == "error" else k): v for k, v in data.items()}
         known = {k: data[k] for k in _FIELDS if k in data}
         extra = {k: v for k, v in data.items() if k not in known}
+        known["hash"] = current_hash(known.get("genome"), known["hash"])
         return cls(**known, extra=extra, keys_order=tuple(data))
 
     @classmethod

@@ -39,7 +39,7 @@ import numpy as np
 from star_jax.evolve.config import EvolveConfig
 from star_jax.evolve.display import fmt
 from star_jax.evolve.evaluation import baseline_genomes, evaluate_per_seed
-from star_jax.evolve.records import Candidate, EvalRecord
+from star_jax.evolve.records import Candidate, EvalRecord, current_hash
 from star_jax.evolve.runstate import load_run
 from star_jax.genome import Genome
 from star_jax.io import RunDir
@@ -249,7 +249,8 @@ def reevaluate(run_dir, seeds: int = 5, *, evaluator: Callable | None = None,
     evaluator = evaluator or loop.train_candidates
     with rd.lock():
         repair_jsonl(path)  # a line cut short by a kill mid-append: cut off before appending after it
-        done = {(r["hash"], r["seed"]): r for r in (read_jsonl(path) if path.exists() else [])
+        done = {(current_hash(r.get("genome"), r["hash"]), r["seed"]): r
+                for r in (read_jsonl(path) if path.exists() else [])
                 if isinstance(r, dict) and "hash" in r and "seed" in r}
         # seeds with the same genomes left to train go together: one call trains them all
         groups: dict[tuple, tuple[list, list[int]]] = {}

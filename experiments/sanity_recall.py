@@ -11,6 +11,7 @@ Backbones (MAD's layout: two mixer blocks, each followed by a SwiGLU):
 from __future__ import annotations
 
 import argparse
+import os
 import json
 import time
 
@@ -30,9 +31,14 @@ def main(argv=None):
     args = ap.parse_args(argv)
 
     task = sj.tasks.make("in_context_recall", vocab_size=16, seq_len=128)
-    cfg = sj.ModelConfig(width=args.width, vocab_size=task.vocab_size, max_len=task.seq_len, head_dim=16)
-    tcfg = sj.TrainConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr, weight_decay=0.1,
-                          warmup_steps=min(100, args.steps // 10), seed=args.seed)
+    try:  # every override is checked before anything trains (one line, exit status 2)
+        cfg = sj.ModelConfig(width=args.width, vocab_size=task.vocab_size, max_len=task.seq_len, head_dim=16)
+        tcfg = sj.TrainConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr, weight_decay=0.1,
+                              warmup_steps=max(0, min(100, args.steps // 10)), seed=args.seed)
+    except ValueError as e:  # ConfigError
+        ap.error(str(e))
+    if args.out and not os.path.isdir(os.path.dirname(os.path.abspath(args.out))):
+        ap.error(f"--out {args.out}: its directory does not exist")
     # MAD's model: two mixer blocks, each followed by a SwiGLU.
     backbones = {
         "sa2": ("attention (SA-2 > SwiGLU x2)", "2.1.1.1.1-9.1.1.1.1-2.1.1.1.1-9.1.1.1.1"),
@@ -44,6 +50,11 @@ def main(argv=None):
     if unknown or not chosen:
         ap.error(f"--only: unknown backbone(s) {unknown or chosen}; choose from {sorted(backbones)}")
     genomes = {backbones[b][0]: sj.Genome.from_string(backbones[b][1]) for b in chosen}
+    for g in genomes.values():
+        try:
+            sj.compile_genome(g, cfg)
+        except ValueError as e:  # the width cannot hold the heads, etc.
+            ap.error(f"--width {args.width}: {e}")
     rows = []
     for name, g in genomes.items():
         t0 = time.time()

@@ -155,6 +155,26 @@ def main(argv=None) -> int:
             print(f"warning: the run is not finished ({result.generations_done} of "
                   f"{config.generations + 1} generations)", file=sys.stderr)
         big, task = scaled_config(config, args)
+        # the baselines are matched (and their sizes checked) before anything trains: a width no
+        # baseline fits is an error now, not after every genome has been retrained
+        matches, target = None, None
+        if not args.no_baselines:
+            built = []
+            for r in chosen:
+                try:
+                    built.append(int(sj.param_count(sj.Genome.from_string(r["genome"]), big.model)))
+                except ConfigError:
+                    pass
+            target = args.target_params or (int(round(float(np.median(built)))) if built else None)
+            if target is None:
+                print("no genome can be built: baselines skipped", file=sys.stderr)
+            else:
+                base_cfg = big.replace(n_liv=config.n_liv if config.n_liv % 2 == 0 else config.n_liv + 1)
+                try:
+                    target, matches = matched_baselines(base_cfg, target, tolerance=args.tolerance)
+                except sl.StudyError as e:
+                    raise sl.StudyError(f"{e} (at width {big.model.width}); pass another --width or "
+                                        f"--no-baselines") from None
         print(f"retraining {len(chosen)} genomes at width {big.model.width}, {big.train.steps} steps x "
               f"{big.train.batch_size} sequences (search: width {config.model.width}, {config.train.steps} "
               f"steps x {config.train.batch_size})", flush=True)
@@ -189,20 +209,13 @@ def main(argv=None) -> int:
                   f"({params:,} params, {row['seconds']}s)", flush=True)
             rows.append(row)
 
-        base_rows, target = [], None
-        if not args.no_baselines:
-            built = [row["params"] for row in rows if row.get("params")]
-            target = args.target_params or (int(round(float(np.median(built)))) if built else None)
-            if target is None:
-                print("no genome could be built: baselines skipped", file=sys.stderr)
-            else:
-                base_cfg = big.replace(n_liv=config.n_liv if config.n_liv % 2 == 0 else config.n_liv + 1)
-                target, matches = matched_baselines(base_cfg, target, tolerance=args.tolerance)
-                base_rows = train_baselines(base_cfg, matches, task, progress=args.progress)
-                search_base = {r["baseline"]: r for r in result.baselines}
-                for b in base_rows:
-                    sb = search_base.get(b["name"])
-                    b["search_quality"] = None if sb is None else sl.finite_or_none(sl.quality(sb, q))
+        base_rows = []
+        if matches is not None:
+            base_rows = train_baselines(base_cfg, matches, task, progress=args.progress)
+            search_base = {r["baseline"]: r for r in result.baselines}
+            for b in base_rows:
+                sb = search_base.get(b["name"])
+                b["search_quality"] = None if sb is None else sl.finite_or_none(sl.quality(sb, q))
 
         def correlations(items):
             items = [x for x in items if x.get("search_quality") is not None or x.get("quality") is not None]

@@ -135,7 +135,7 @@ def cmd_train(args) -> int:
         task = tasks.make(args.task, **_task_args(args.task_arg))
     except KeyError as e:  # an unknown task name
         raise CliError(_one_line(e)) from None
-    head_dim = args.head_dim or min(16, args.width)
+    head_dim = min(16, args.width) if args.head_dim is None else args.head_dim
     cfg = ModelConfig(width=args.width, vocab_size=task.vocab_size, max_len=task.seq_len, head_dim=head_dim)
     train_changes = {k: v for k, v in (("steps", args.steps), ("batch_size", args.batch_size), ("lr", args.lr),
                                        ("seed", args.seed)) if v is not None}
@@ -162,7 +162,7 @@ def cmd_describe(args) -> int:
     genome = _genome(args.genome)
     if args.cache_seq_len < 1:
         raise CliError(f"--cache-seq-len: seq_len must be an integer >= 1, got {args.cache_seq_len}")
-    head_dim = args.head_dim or min(16, args.width)
+    head_dim = min(16, args.width) if args.head_dim is None else args.head_dim
     cfg = ModelConfig(width=args.width, vocab_size=args.vocab, max_len=args.seq_len, head_dim=head_dim)
     print(genome.describe())
     print(f"params: {param_count(genome, cfg):,} (width {cfg.width}, vocab {cfg.vocab_size})")

@@ -37,6 +37,7 @@ def test_describe_prints_layers_params_and_cache():
     (("train", "1.1.1.1.1-9.1.1.1.1", "--task", "no_such_task"), "unknown task"),
     (("train", "1.1.1.1.1-9.1.1.1.1", "--task", "in_context_recall", "--task-arg", "bogus=1"), "bogus"),
     (("report", "/nonexistent/run"), "not a run directory"),
+    (("describe", "1.1.1.1.1-9.1.1.1.1", "--head-dim", "0"), "head_dim"),  # 0 is not "the default"
 ])
 def test_bad_input_one_line_exit_2(args, needle):
     out = star_jax(*args)

@@ -400,3 +400,25 @@ def test_a_real_run_is_the_same_with_one_or_two_workers(tmp_path):
     one = (tmp_path / "one" / "evaluations.jsonl").read_text()
     assert one.count("\n") >= 5
     assert one == (tmp_path / "two" / "evaluations.jsonl").read_text()
+
+
+def test_configs_that_could_only_fail_after_training_are_refused_before_the_run_directory(tmp_path):
+    from star_jax.evolve.config import ConfigFieldError
+
+    # the default evaluator never measures mad_score: generation 0 would train, then fail to score
+    with pytest.raises(ConfigFieldError, match=r"objectives\[0\]: 'mad_error' reads the record key\(s\) \['mad_score'\]"):
+        evolve(tiny(objectives=("mad_error",)), tmp_path / "mad", progress=False)
+    # sizes do not depend on the training seed: nothing to re-evaluate
+    with pytest.raises(ConfigFieldError, match="reevaluate_seeds: the objectives .* no quality objective"):
+        tiny(objectives=("params", "cache_bytes"), reevaluate_seeds=2)
+    # a bad task field
+    with pytest.raises(ConfigFieldError, match="task.seqlen"):
+        evolve(tiny(task={**tiny().task, "seqlen": 5}), tmp_path / "task", progress=False)
+    assert not (tmp_path / "mad").exists() and not (tmp_path / "task").exists()
+    # an evaluator of your own may report mad_score
+    class Mad(CountingEvaluator):
+        def __call__(self, genomes, config, task, *, on_candidate=None):
+            return [{**m, "mad_score": 0.5} for m in super().__call__(genomes, config, task)]
+
+    result = evolve(tiny(objectives=("mad_error",), generations=0), tmp_path / "own", progress=False, evaluator=Mad())
+    assert all(r["objectives"]["mad_error"] == 0.5 for r in result.archive.values())

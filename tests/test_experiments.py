@@ -167,3 +167,14 @@ def test_overrides_are_validated():
         sl.apply_overrides(cfg, ap.parse_args(["--width", "30"]))
     assert run_study.main(["--config", str(CONFIG_DIR / "cpu_recall_cache.json"), "--run-dir", "unused",
                            "--width", "30"]) == 2
+
+
+@pytest.mark.parametrize("args", [["--width", "50"], ["--steps", "0"], ["--lr", "-1"], ["--batch-size", "0"],
+                                  ["--out", "/nonexistent/dir/x.json"]])
+def test_sanity_recall_refuses_bad_overrides_before_training(args, capsys):
+    with pytest.raises(SystemExit) as e:
+        _import("sanity_recall").main(args)
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    assert "error: " in err.strip().splitlines()[-1] and args[0] in err

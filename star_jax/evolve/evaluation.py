@@ -9,7 +9,7 @@ from typing import Callable, Mapping, Sequence
 
 import numpy as np
 
-from star_jax.evolve.config import EvolveConfig
+from star_jax.evolve.config import ConfigFieldError, EvolveConfig
 from star_jax.evolve.hypervolume import hypervolume
 from star_jax.evolve.latency import measure_decode_latency
 from star_jax.evolve.nsga2 import non_dominated_sort
@@ -23,7 +23,7 @@ from star_jax.train.many import train_many
 
 from star_jax.population import STRATEGIES, train_population
 
-__all__ = ["Evaluator", "train_candidates", "evaluate", "evaluate_per_seed", "record_failure", "baseline_genomes",
+__all__ = ["Evaluator", "train_candidates", "check_objectives_measured", "evaluate", "evaluate_per_seed", "record_failure", "baseline_genomes",
            "batch_size", "objective_matrix", "pareto_front", "derive_reference", "front_hypervolume"]
 
 Evaluator = Callable[..., list]
@@ -289,11 +289,38 @@ def evaluate(candidates: Sequence[Candidate], config: EvolveConfig, task, evalua
             for c, g, (size, err) in zip(candidates, genomes, sized)]
 
 
+DEFAULT_METRICS = ("train_loss", "test_loss", "test_accuracy", "diverged", "steps_run")
+"""The metrics every record holds (``train_candidates`` reports exactly these; an evaluator of
+your own may report more, e.g. ``mad_score``)."""
+
+
+def check_objectives_measured(config: EvolveConfig) -> None:
+    """Refuses, before anything is trained, an objective or constraint that reads a record key
+    the default evaluator never writes (``mad_error`` reads ``mad_score``, which only an evaluator
+    of your own can report): otherwise the first generation would train, then fail to score.
+
+    Raises:
+        ConfigFieldError: naming the objective or constraint and the missing keys.
+    """
+    keys = {"params", "cache_bytes", "loss", "accuracy", *DEFAULT_METRICS}
+    if config.needs_latency():
+        keys.add("latency_ms")
+    uses = [(f"objectives[{i}]", name) for i, name in enumerate(config.objectives)]
+    uses += [(f"constraints[{i}]", c.objective_name) for i, c in enumerate(config.constraints)]
+    for where, name in uses:
+        missing = [k for k in get_objective(name).needs if k not in keys]
+        if missing:
+            raise ConfigFieldError(field_path=f"EvolveConfig.{where}", value=name, reason=(
+                f"{name!r} reads the record key(s) {missing}, which the default evaluator does not measure (it "
+                f"records {sorted(keys)}); pass an evaluator that reports them (evolve(..., evaluator=...)) or "
+                f"choose another objective"))
+
+
 def _record(c: Candidate, g: Genome, size: dict, err: str | None, m: Mapping, config: EvolveConfig) -> EvalRecord:
     """The record of one candidate from its sizes, its build error (or None) and its metrics."""
     record = {"hash": c.hash, "genome": c.genome, "short": g.short(), "generation": int(c.generation),
               **size, "failure": err}
-    for key in ("train_loss", "test_loss", "test_accuracy", "diverged", "steps_run"):
+    for key in DEFAULT_METRICS:
         record[key] = finite_or_none(m.get(key))
     for key, value in m.items():  # extra keys an evaluator reports (e.g. mad_score)
         if key not in record and key != "params":

@@ -14,8 +14,8 @@ from star_jax.evolve.ask_tell import NSGA2
 from star_jax.evolve.config import EvolveConfig
 from star_jax.evolve.display import Display
 # names defined here before the loop was split stay importable from here
-from star_jax.evolve.evaluation import (Evaluator, baseline_genomes, evaluate, objective_matrix,  # noqa: F401
-                                        pareto_front, record_failure, train_candidates)
+from star_jax.evolve.evaluation import (Evaluator, baseline_genomes, check_objectives_measured, evaluate,  # noqa: F401
+                                        objective_matrix, pareto_front, record_failure, train_candidates)
 from star_jax.evolve.records import RUN_FORMAT, Candidate, EvalRecord, RunState  # noqa: F401
 from star_jax.evolve.reevaluate import reevaluate
 from star_jax.evolve.report import print_front
@@ -114,10 +114,12 @@ def evolve(config: EvolveConfig, run_dir, *, progress: bool = True, evaluator: E
         if evaluator is not None:
             raise ValueError("workers applies to the default evaluator; a custom evaluator sets its own")
         evaluator = functools.partial(train_candidates, workers=workers)
+    if evaluator is None or getattr(evaluator, "func", None) is train_candidates:
+        check_objectives_measured(config)
     evaluator = evaluator or train_candidates
+    task = config.make_task()  # a bad task field is an error before the run directory is touched
     rd = RunDir(run_dir)
-    with rd.lock():  # one writer per run directory; taken before any data is built
-        task = config.make_task()
+    with rd.lock():  # one writer per run directory
         if resume:
             complete_config(rd)
             adopt_reevaluate_seeds(rd, config)

@@ -13,6 +13,7 @@ from typing import Callable, Mapping, Sequence
 
 
 __all__ = [
+    "SIZE_OBJECTIVES",
     "Objective",
     "Constraint",
     "register_objective",
@@ -21,6 +22,10 @@ __all__ = [
 ]
 
 Record = Mapping[str, object]
+
+SIZE_OBJECTIVES = ("params", "cache_bytes", "latency")
+"""Built-in objectives that measure a genome's size or speed rather than what it learned (a
+re-evaluation over training seeds compares the first objective not among them)."""
 
 
 @dataclasses.dataclass(frozen=True)

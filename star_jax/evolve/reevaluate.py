@@ -36,7 +36,8 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from star_jax.evolve.config import EvolveConfig
+from star_jax.evolve.config import ConfigFieldError, EvolveConfig
+from star_jax.evolve.objectives import SIZE_OBJECTIVES
 from star_jax.evolve.display import fmt
 from star_jax.evolve.evaluation import baseline_genomes, evaluate_per_seed
 from star_jax.evolve.records import Candidate, EvalRecord, current_hash
@@ -46,7 +47,6 @@ from star_jax.io import RunDir
 from star_jax.io.jsonutil import append_jsonl, read_jsonl, repair_jsonl
 
 REEVAL_FILE = "reevaluation.jsonl"
-SIZE_OBJECTIVES = ("params", "cache_bytes", "latency_ms")
 
 
 def _t_two_sided(t: float, df: int) -> float:
@@ -203,11 +203,16 @@ def failures_note(c: PairedComparison) -> str:
 
 
 def quality_objective(config: EvolveConfig) -> str:
-    """The run's quality objective: its first objective that is not a size (params, cache, latency)."""
+    """The run's quality objective: its first objective that is not a size (params, cache, latency).
+
+    Raises:
+        ConfigFieldError: every objective is a size (nothing a training seed changes).
+    """
     for name in config.objectives:
         if name not in SIZE_OBJECTIVES:
             return name
-    raise ValueError(f"the run's objectives {list(config.objectives)} have no quality objective to re-evaluate")
+    raise ConfigFieldError(f"the run's objectives {list(config.objectives)} have no quality objective to "
+                           f"re-evaluate over training seeds (sizes do not depend on the seed)")
 
 
 def _finite(v) -> float | None:

@@ -49,7 +49,7 @@ def matched_baselines(config, target: int | None = None, names=sl.BASELINE_NAMES
         raise sl.StudyError(f"--target-params must be >= 1, got {target}")
     out = []
     for name in names:
-        m = sl.match_params(name, config.model, n_liv, target)
+        m = sl.match_params(name, config.model, n_liv, target, tolerance=tolerance)
         m["matched"] = abs(m["rel_diff"]) <= tolerance
         m["model_cfg"] = config.model.__class__.from_dict({**config.model.to_dict(), "width": m["width"]})
         out.append(m)

@@ -190,13 +190,13 @@ def _params(genome, cfg) -> int | None:
 
 
 def match_params(name: str, cfg, n_liv: int, target: int, *, max_width: int | None = None,
-                 max_n_liv: int | None = None) -> dict[str, Any]:
+                 max_n_liv: int | None = None, tolerance: float = 0.10) -> dict[str, Any]:
     """Finds the size of a baseline whose parameter count is closest to ``target``.
 
     Transformer++ and StripedMamba keep ``n_liv`` and search the width over multiples of
     ``cfg.head_dim``; LFM2-like keeps the width and searches its number of LIVs (2 per mixer),
-    and, when no length comes within 10%, takes the width nearest ``cfg.width`` at which one with
-    at least half of ``n_liv`` does (else keeps the closest size at ``cfg.width``).
+    and, when no length comes within ``tolerance``, takes the width nearest ``cfg.width`` at
+    which one with at least half of ``n_liv`` does (else keeps the closest size at ``cfg.width``).
 
     Arguments:
         name: a baseline name.
@@ -205,6 +205,8 @@ def match_params(name: str, cfg, n_liv: int, target: int, *, max_width: int | No
         target: the parameter count to match.
         max_width: the largest width tried (default 8x cfg.width).
         max_n_liv: the most LIVs tried for LFM2-like (default 4x n_liv, at least 8).
+        tolerance: the relative parameter difference counted as matched (LFM2-like changes its
+            width only when no length at ``cfg.width`` comes within it).
 
     Returns:
         ``{"name", "genome" (Genome), "short", "width", "n_liv", "params", "rel_diff"}``.
@@ -236,14 +238,14 @@ def match_params(name: str, cfg, n_liv: int, target: int, *, max_width: int | No
         return best
 
     best = best_of(candidates)
-    if name == "LFM2-like" and (best is None or best[0] > 0.10):
-        # the width nearest the config's (then the closest count) among sizes within 10% that
+    if name == "LFM2-like" and (best is None or best[0] > tolerance):
+        # the width nearest the config's (then the closest count) among sizes within tolerance that
         # keep at least half the backbone length (a 1-mixer "LFM2" is no baseline); else the
         # closest size at the config's width stands, reported as not matched
         min_n = max(2, 2 * ((n_liv // 2) // 2))
         for w in sorted(widths, key=lambda w: (abs(w - cfg.width), w)):
             found = best_of([(w, n) for n in range(min_n, max_n_liv + 1, 2)])
-            if found is not None and found[0] <= 0.10:
+            if found is not None and found[0] <= tolerance:
                 best = found
                 break
     if best is None:

@@ -145,6 +145,15 @@ def test_baselines_are_matched_within_tolerance():
                                                                                   "width": m["width"]}))
 
 
+def test_lfm2_like_searches_widths_within_the_given_tolerance():
+    # 870,272 is LFM2-like's exact count at width 128 with 8 LIVs: a 2% tolerance must find it
+    # rather than keep the config's width 64 at -2.1%
+    sl = _import("study_lib")
+    cfg = _load(CONFIG_DIR / "cpu_lm_quality.json").model
+    m = sl.match_params("LFM2-like", cfg, 8, 870_272, tolerance=0.02)
+    assert abs(m["rel_diff"]) <= 0.02, m
+
+
 @pytest.mark.parametrize("script", ["run_study", "baselines", "scale_up", "make_configs"])
 def test_scripts_have_help(script, capsys):
     mod = _import(script)

@@ -153,6 +153,23 @@ def test_part_optimizer_step_equals_the_flat_optimizer():
     np.testing.assert_allclose(got, flat, rtol=1e-5, atol=1e-7)
 
 
+def test_models_built_at_once_on_several_threads_share_one_program_per_kind():
+    # separate copies of a kind's programs would each compile; threads must share the one built
+    import concurrent.futures
+
+    cfg = sj.ModelConfig(width=16, vocab_size=8, max_len=12, head_dim=4, window=4)
+    genomes = ["2.1.1.1.1-9.1.1.1.1", "9.1.1.1.1-2.1.1.1.1", "2.1.1.1.1-2.1.1.1.1-9.1.1.1.1"]
+    P.clear_program_cache()
+    with concurrent.futures.ThreadPoolExecutor(3) as pool:
+        models = list(pool.map(lambda g: P.PartModel(sj.compile_genome(sj.Genome.from_string(g), cfg), 12),
+                               genomes * 4))
+    by_kind: dict = {}
+    for m in models:
+        for kind, progs in zip(m.kinds, m.progs):
+            by_kind.setdefault(kind, set()).add(id(progs))
+    assert by_kind and all(len(ids) == 1 for ids in by_kind.values())
+
+
 def test_lr_curve_matches_make_schedule():
     cfg = sj.TrainConfig(steps=50, warmup_steps=7, lr=3e-3, min_lr_ratio=0.05)
     want = np.asarray(sj.train.make_schedule(cfg)(jnp.arange(50)))

@@ -99,6 +99,23 @@ def test_final_params_match(static, data, setting):
             np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-3, atol=1e-6)
 
 
+def test_data_reads_a_cross_class_featurizer_owner_s_weights(setting):
+    # ReGLU reuses SwiGLU's featurizer with its own activation and shares its owner's weights:
+    # the "data" strategy must read them from the owner's slot (it read an untrained zero slot)
+    from star_jax.genome import register_liv_class, unregister_liv_class
+
+    task, cfg, tc = setting
+    register_liv_class("ReGLU", "9.1.1.3.2", class_id=936, replace=True)
+    try:
+        genomes = ("9.1.2.1.1-936.1.2.1.1", "936.1.2.1.1-9.1.2.1.1")
+        got = train_population(genomes, cfg, task, tc, strategy="data", classes=(9, 936))
+        for i, g in enumerate(genomes):
+            alone = sj.train(g, cfg, task, tc, progress=False)
+            np.testing.assert_allclose(got.curves[i]["train_loss"], alone.curve["train_loss"], rtol=RTOL)
+    finally:
+        unregister_liv_class(936)
+
+
 def test_data_new_genomes_do_not_recompile(data, setting):
     task, cfg, tc = setting
     swapped = (GENOMES[2], OTHER, GENOMES[0])

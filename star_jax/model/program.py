@@ -254,7 +254,7 @@ FAMILY_BUILDERS: dict[str, Callable] = {
 }
 
 
-def _same_weights(owner, feat) -> bool:
+def same_weights(owner, feat) -> bool:
     """Whether featurizer ``feat`` computes, from the same weights, what its sharing owner's
     ``owner`` does: equal, or equal but for fields the featurizer only records
     (``recorded_fields``, e.g. the activation a GLU featurizer notes for its mixer; a user LIV
@@ -286,7 +286,7 @@ def compile_genome(genome: Genome, cfg: ModelConfig) -> Program:
     for i, c in enumerate(classes):
         feat, mix = built[i]
         owner = plan.featurizer_owner[i]
-        if not _same_weights(built[owner][0], feat):  # cannot happen for valid genomes; guard the invariant
+        if not same_weights(built[owner][0], feat):  # cannot happen for valid genomes; guard the invariant
             raise ConfigError(f"{_liv_where(i, c)}: featurizer differs from that of its sharing owner #{owner}")
         src = plan.feature_source[i]
         shared = tuple(feat.shareable()) if src is not None else ()

@@ -16,7 +16,7 @@ from jax.sharding import PartitionSpec as P
 from star_jax.genome import Genome, get_liv_class, liv_classes
 from star_jax.model.config import ConfigError, ModelConfig
 from star_jax.model.model import RMSNorm
-from star_jax.model.program import FAMILY_BUILDERS, compile_genome, param_name, parse_param_name
+from star_jax.model.program import FAMILY_BUILDERS, compile_genome, param_name, parse_param_name, same_weights
 from star_jax.train.config import TrainConfig
 from star_jax.train.optim import FlatLayout, make_flat_optimizer
 from star_jax.train.step import apply_update, batch_keys, masked_loss_and_accuracy, masked_sums
@@ -98,11 +98,16 @@ def make_pool(cfg: ModelConfig, seq_len: int, classes: Sequence[int] | None = No
                 raise
             continue
         if (fm, mm) not in pairs:
-            if fm not in feats:
+            # one weight slot per featurizer that computes the same features from the same weights
+            # (``same_weights``: a user class may reuse SwiGLU's featurizer with its own activation
+            # and share its owner's weights, which must then be read from the owner's slot)
+            variant = next((j for j, f in enumerate(feats) if same_weights(f, fm)), None)
+            if variant is None:
                 feats.append(fm)
+                variant = len(feats) - 1
             shapes = jax.eval_shape(lambda x, fm=fm: fm.init_with_output(jax.random.key(0), x)[0], h)
             shareable = tuple(fm.shareable())
-            branches.append(Branch(fm, mm, feats.index(fm), shareable,
+            branches.append(Branch(fm, mm, variant, shareable,
                                    tuple(tuple(shapes[g].shape[2:]) for g in shareable)))
             pairs[(fm, mm)] = len(branches) - 1
         class_branch.append((cid, pairs[(fm, mm)]))

@@ -260,18 +260,31 @@ CACHE_SIZE = 256
 """Most part kinds whose programs are kept (least recently used dropped first)."""
 
 
+_BUILDING: dict[Hashable, threading.Lock] = {}  # a lock per kind being built (under _CACHE_LOCK)
+
+
 def _programs(kind, seq_len: int) -> _Programs:
+    """The cached programs of ``kind`` at ``seq_len``, built once: threads that ask for a kind
+    being built wait for it and share its programs (separate copies would each compile)."""
     key = (kind, seq_len)
     with _CACHE_LOCK:
         progs = _CACHE.get(key)
         if progs is not None:
             _CACHE.move_to_end(key)
             return progs
-    progs = _Programs(kind, seq_len)
-    with _CACHE_LOCK:
-        _CACHE[key] = progs
-        while len(_CACHE) > CACHE_SIZE:
-            _CACHE.popitem(last=False)
+        building = _BUILDING.setdefault(key, threading.Lock())
+    with building:
+        with _CACHE_LOCK:
+            progs = _CACHE.get(key)
+            if progs is not None:  # built by the thread this one waited for
+                _CACHE.move_to_end(key)
+                return progs
+        progs = _Programs(kind, seq_len)
+        with _CACHE_LOCK:
+            _CACHE[key] = progs
+            _BUILDING.pop(key, None)
+            while len(_CACHE) > CACHE_SIZE:
+                _CACHE.popitem(last=False)
     return progs
 
 

@@ -177,3 +177,42 @@ def test_terminal_front_table_shows_genome_strings(result):
     for r in result.baselines:
         assert r["genome"] in text
     assert "hypervolume" in text and "reference point" in text
+
+
+def test_reports_of_other_objective_orders_constraints_and_one_generation(tmp_path):
+    # the quality objective is plotted against each size whatever its position; constraint
+    # violators are drawn apart and an infeasible baseline dominates nothing; a reference point
+    # no genome beats is said so; one generation has the integer tick 0 only
+    from star_jax.evolve.report import quality_key
+
+    assert quality_key(("cache_bytes", "error")) == "error" and quality_key(("params", "cache_bytes")) == "params"
+    run = tmp_path / "order"
+    evolve(EvolveConfig.quick(n_liv=2, pop_size=4, generations=0, seed=1, baselines=True,
+                              objectives=("cache_bytes", "error"), constraints=[{"objective": "params", "max_value": 13000}]),
+           run, progress=False, evaluator=strong_baselines)
+    names = sorted(p.name for p in write_report(run))
+    assert names == ["front.md", "front_error_vs_cache_bytes.png", "front_error_vs_params.png", "hypervolume.png"]
+    result = load_run(run)
+    assert any(not r.feasible for r in result.archive.values()) and any(not b.feasible for b in result.baselines)
+    fig = plane_figure(result, "params")
+    try:
+        labels = fig.axes[0].get_legend_handles_labels()[1]
+        assert any(lab.startswith("infeasible: violates a constraint") for lab in labels)
+        assert any(lab.endswith("(infeasible)") for lab in labels)
+        assert not any("dominates" in t.get_text() and "(infeasible)" in t.get_text() for t in fig.axes[0].texts)
+        for b in result.baselines:
+            if not b.feasible:
+                assert not any(t.get_text().startswith(f"{b.baseline} dominates") for t in fig.axes[0].texts)
+    finally:
+        plt.close(fig)
+    fig = hypervolume_figure(result)
+    try:
+        assert list(fig.axes[0].get_xticks()) == [0]
+    finally:
+        plt.close(fig)
+    far = tmp_path / "far"
+    evolve(EvolveConfig.quick(n_liv=2, pop_size=4, generations=0, seed=1, reference_point=[0.001, 1.0]),
+           far, progress=False, evaluator=strong_baselines)
+    write_report(far)
+    text = (far / "plots" / "front.md").read_text()
+    assert "no genome beats the reference point" in text and "no reference point yet" not in text

@@ -10,7 +10,7 @@ import numpy as np
 
 from star_jax.evolve.display import fmt as _fmt
 from star_jax.evolve.hypervolume import normalize_hypervolume
-from star_jax.evolve.objectives import get_objective
+from star_jax.evolve.objectives import SIZE_OBJECTIVES, get_objective
 from star_jax.evolve.records import EvalRecord
 from star_jax.evolve.reevaluate import compare_over_seeds, failures_note
 from star_jax.evolve.runstate import load_run
@@ -109,6 +109,9 @@ def print_front(result, console=None) -> None:
         console.print(f"hypervolume {values[-1]:.4f} (normalised: the fraction of the box from the ideal point "
                       f"{_point_text(objectives, ideal)} to the reference point {_point_text(objectives, reference)})",
                       highlight=False)
+    elif result.reference_point is not None and result.hypervolume:
+        console.print(f"hypervolume {_fmt(float(result.hypervolume[-1]))} ({_why_raw(result)} "
+                      f"{_point_text(objectives, result.reference_point)})", highlight=False)
 
 
 # ------------------------------------------------------------------------------------ plot data
@@ -262,6 +265,18 @@ def normalized_hypervolume(result):
     return norm, pop, tuple(float(v) for v in ref), ideal
 
 
+def _why_raw(result) -> str:
+    """Why the hypervolume is shown unnormalised: no reference point yet, or none that any
+    feasible genome beats."""
+    return "no reference point yet" if result.reference_point is None else "no genome beats the reference point"
+
+
+def quality_key(objectives: Sequence[str]) -> str:
+    """The objective the report plots against the sizes: the first that is not a size (the
+    first objective when all are)."""
+    return next((k for k in objectives if k not in SIZE_OBJECTIVES), objectives[0])
+
+
 def _point_text(objectives: Sequence[str], point: Sequence[float]) -> str:
     return "(" + ", ".join(f"{k} {_fmt(float(v))}" for k, v in zip(objectives, point)) + ")"
 
@@ -282,7 +297,7 @@ def plane_figure(result, x_key: str, y_key: str | None = None):
     Arguments:
         result: an ``EvolveResult``.
         x_key: the x quantity (``"params"``, ``"cache_bytes"``, or an objective name).
-        y_key: the y quantity (default: the run's first objective).
+        y_key: the y quantity (default: the run's quality objective, ``quality_key``).
 
     Returns:
         The matplotlib ``Figure`` (the caller saves and closes it).
@@ -290,15 +305,19 @@ def plane_figure(result, x_key: str, y_key: str | None = None):
     import matplotlib.pyplot as plt
     import matplotlib.ticker
 
-    y_key = y_key or result.config.objectives[0]
+    y_key = y_key or quality_key(result.config.objectives)
     records = list(result.archive.values())
-    points = [xy for r in records if (xy := _xy(r, y_key, x_key)) is not None]
+    points = [xy for r in records if r.feasible and (xy := _xy(r, y_key, x_key)) is not None]
+    infeasible = [xy for r in records if not r.feasible and (xy := _xy(r, y_key, x_key)) is not None]
     front = plane_front(records, y_key, x_key)
     fxy = [_xy(r, y_key, x_key) for r in front]
     fig, ax = plt.subplots(figsize=(7.2, 5.4), dpi=100)
     if points:
         ax.scatter([p[0] for p in points], [p[1] for p in points], s=16, alpha=0.25, color="tab:gray",
                    label=f"evaluated ({len(points)})")
+    if infeasible:  # they violate a constraint: never on a front, whatever their values
+        ax.scatter([p[0] for p in infeasible], [p[1] for p in infeasible], s=16, marker="x", alpha=0.35,
+                   color="tab:purple", label=f"infeasible: violates a constraint ({len(infeasible)})")
     if fxy:
         ax.scatter([p[0] for p in fxy], [p[1] for p in fxy], s=42, color="tab:red", zorder=3,
                    label=f"Pareto front in this plane ({len(front)})")
@@ -321,9 +340,10 @@ def plane_figure(result, x_key: str, y_key: str | None = None):
         if b is None:
             continue
         all_x.append(b[0])
-        dominated = dominated_front_points(r, front, y_key, x_key)
+        # an infeasible baseline dominates nothing (feasibility first, as the search ranks)
+        dominated = dominated_front_points(r, front, y_key, x_key) if r.feasible else []
         ax.scatter([b[0]], [b[1]], s=80, marker=_BASELINE_MARKERS.get(r.baseline, "*"), zorder=4,
-                   edgecolors="black", label=f"baseline: {r.baseline}")
+                   edgecolors="black", label=f"baseline: {r.baseline}{'' if r.feasible else ' (infeasible)'}")
         if dominated:
             ax.annotate(f"{r.baseline} dominates {len(dominated)} front point{'s' if len(dominated) > 1 else ''}",
                         b, xytext=(8, -14), textcoords="offset points", fontsize=7, fontweight="bold", zorder=6,
@@ -369,15 +389,18 @@ def hypervolume_figure(result):
         ax.plot(gens, archive, marker="o", label="front of all genomes evaluated so far")
         ax.plot(gens, population, marker=".", alpha=0.7, label="current population")
         low = min(archive + population)
-        ax.set_ylim(max(0.0, low - (1.0 - low)), 1.0)  # within [0, 1], zoomed on the values
+        ax.set_ylim(max(0.0, low - max(1.0 - low, 0.05)), 1.0)  # within [0, 1], zoomed on the values
         ax.set_ylabel("normalised hypervolume (higher is better)")
         ax.set_title(f"hypervolume as a fraction of the box from the ideal point\n{_point_text(objectives, ideal)} "
                      f"to the reference point {_point_text(objectives, ref)}", fontsize=9)
     else:
         ax.plot(gens, result.hypervolume, marker="o", label="front of all genomes evaluated so far")
-        ax.set_ylabel("hypervolume (no reference point yet)")
+        ax.set_ylabel(f"hypervolume ({_why_raw(result)})")
         ax.set_title("hypervolume", fontsize=9)
-    ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
+    if len(gens) <= 1:  # MaxNLocator(integer=True) falls back to fractions with one integer in range
+        ax.set_xticks(gens)
+    else:
+        ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
     ax.set_xlim(-0.5, max(len(gens) - 0.5, 0.5))
     ax.set_xlabel("generation")
     ax.legend(fontsize=8)
@@ -445,9 +468,9 @@ def write_report(run_dir) -> list[pathlib.Path]:
     result = load_run(run_dir)
     out_dir = pathlib.Path(result.run_dir) / "plots"
     out_dir.mkdir(parents=True, exist_ok=True)
-    quality = result.config.objectives[0]
+    quality = quality_key(result.config.objectives)
     written = []
-    for x_key in ("params", "cache_bytes"):
+    for x_key in (k for k in ("params", "cache_bytes") if k != quality):
         fig = plane_figure(result, x_key, quality)
         path = out_dir / f"front_{quality}_vs_{x_key}.png"
         fig.savefig(path)
@@ -474,7 +497,7 @@ def write_report(run_dir) -> list[pathlib.Path]:
                  f"(each objective's minimum over the feasible evaluated genomes) to the reference point "
                  f"{_point_text(objectives, ref)}.\n",
                  ", ".join(f"{v:.4f}" for v in archive) + "\n"]
-    text += [f"Raw (objective units{', no reference point yet' if hv is None else ''}):\n",
+    text += [f"Raw (objective units{', ' + _why_raw(result) if hv is None else ''}):\n",
              ", ".join(_fmt(float(v)) for v in result.hypervolume) + "\n"]
     path = out_dir / "front.md"
     path.write_text("\n".join(text), encoding="utf-8")

@@ -151,11 +151,11 @@ def test_nsga2_options_reachable_from_evolve_config_with_todays_defaults():
     strategy = _nsga2()
     for name, default in OPTION_DEFAULTS.items():
         assert getattr(config, name) == default == getattr(strategy, name), name
-    changed = EvolveConfig.quick(tournament_size=3, crossover_prob=0.9, n_offspring=4, merge_parents=False,
+    changed = EvolveConfig.quick(tournament_size=3, crossover_prob=0.9, n_offspring=6, merge_parents=False,
                                  duplicate_retries=5)
     assert EvolveConfig.from_json(changed.to_json()) == changed
     assert (changed.tournament_size, changed.crossover_prob, changed.n_offspring, changed.merge_parents,
-            changed.duplicate_retries) == (3, 0.9, 4, False, 5)
+            changed.duplicate_retries) == (3, 0.9, 6, False, 5)
     # numpy integers are fine for the NSGA2 strategy itself (not JSON), not for the config
     assert _nsga2(tournament_size=np.int64(3)).tournament_size == 3
     with pytest.raises(ConfigFieldError, match="EvolveConfig.merge_parents"):
@@ -192,8 +192,40 @@ def test_nsga2_options_are_keyword_arguments_of_the_strategy():
 def test_the_evolution_loop_uses_every_nsga2_option():
     from star_jax.evolve import loop
 
-    config = EvolveConfig.quick(tournament_size=3, crossover_prob=0.5, n_offspring=4, merge_parents=False,
+    config = EvolveConfig.quick(tournament_size=3, crossover_prob=0.5, n_offspring=6, merge_parents=False,
                                 duplicate_retries=2)
     strategy = loop._make_strategy(config)
     for name, value in config.nsga2_options().items():
         assert getattr(strategy, name) == value, name
+
+
+def test_settings_that_only_fail_mid_run_are_refused_at_construction():
+    import numpy as np
+
+    # the population would shrink for good: the next one is the elites plus the offspring
+    with pytest.raises(ConfigFieldError, match=r"n_offspring: .* n_offspring \+ elitism must be >= pop_size=8"):
+        EvolveConfig.quick(n_offspring=4, elitism=2, merge_parents=False)
+    with pytest.raises(ConfigError, match=r"NSGA2.n_offspring"):
+        _nsga2(pop_size=8, n_offspring=1, elitism=0, merge_parents=False)
+    assert EvolveConfig.quick(n_offspring=6, elitism=2, merge_parents=False).pop_size == 8
+    # training (then re-evaluation) seeds past 2**32 - 1
+    with pytest.raises(ConfigFieldError, match=r"train_seeds: training seeds run from .* to 4294967296"):
+        EvolveConfig.quick(train={"seed": 2**32 - 1}, train_seeds=2)
+    with pytest.raises(ConfigFieldError, match=r"then reevaluate_seeds=5"):
+        EvolveConfig.quick(train={"seed": 2**32 - 3}, reevaluate_seeds=5)
+    # an objective written as an object (as constraints are): named, not a TypeError
+    with pytest.raises(ConfigFieldError, match=r"objectives\[0\] = \{'name': 'error'\} is invalid"):
+        EvolveConfig.quick(objectives=[{"name": "error"}, "cache_bytes"])
+    # numpy bools where numbers are allowed (numpy 2 names the type "bool")
+    assert bool(_nsga2(pop_size=np.int64(8), merge_parents=np.bool_(True), elitism=np.int32(2)).merge_parents)
+
+
+def test_ask_tell_refuses_a_generator_whose_state_is_not_json():
+    import numpy as np
+
+    strategy = _nsga2(pop_size=4)
+    with pytest.raises(TypeError, match="PCG64 or PCG64DXSM"):
+        strategy.init(np.random.Generator(np.random.MT19937(0)), np.zeros((4, 5), np.int64))
+    state = strategy.init(np.random.Generator(np.random.PCG64DXSM(0)), np.zeros((4, 5), np.int64))
+    from star_jax.evolve.ask_tell import state_from_json, state_to_json
+    assert state_to_json(state_from_json(state_to_json(state))) == state_to_json(state)

@@ -212,7 +212,8 @@ class Fields:
     def bool(self, name: str, *, value: Any = _UNSET) -> bool:
         """True or False (numpy bools too when ``integral``). Returns a Python bool."""
         v = self._get(name, value)
-        if not (isinstance(v, bool) or (self.integral and type(v).__name__ == "bool_")):
+        numpy_bool = type(v).__module__ == "numpy" and type(v).__name__ in ("bool_", "bool")  # numpy 1 / 2
+        if not (isinstance(v, bool) or (self.integral and numpy_bool)):
             self.fail(name, "true or false", value=v)
         return bool(v)
 

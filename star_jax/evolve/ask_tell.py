@@ -207,8 +207,9 @@ class NSGA2:
         """Starts a run from an initial population (evaluated by the first ask/tell).
 
         Arguments:
-            rng: an integer seed, or a numpy Generator whose current state is copied (the
-                caller's generator is not advanced).
+            rng: an integer seed, or a numpy Generator over PCG64 or PCG64DXSM (whose state
+                saves as JSON) whose current state is copied (the caller's generator is not
+                advanced).
             initial_population: [n, n_genes] integer genomes, n >= 1 (n may differ from pop_size;
                 the first tell keeps at most pop_size of them).
 
@@ -216,6 +217,9 @@ class NSGA2:
             The initial `NSGA2State` (generation 0).
         """
         if isinstance(rng, np.random.Generator):
+            if not isinstance(rng.bit_generator, (np.random.PCG64, np.random.PCG64DXSM)):
+                raise TypeError(f"rng must be a numpy Generator over PCG64 or PCG64DXSM (np.random.default_rng), "
+                                f"whose state saves as JSON; got one over {type(rng.bit_generator).__name__}")
             rng_state = copy.deepcopy(rng.bit_generator.state)
         elif isinstance(rng, (int, np.integer)) and not isinstance(rng, bool):
             rng_state = np.random.default_rng(int(rng)).bit_generator.state

@@ -140,10 +140,19 @@ class EvolveConfig:
             check.fail("reevaluate_seeds", "0 (off) or an integer >= 2 (one seed resolves nothing)")
         check_options(check, self.pop_size)
         check.int("seed", lo=0, hi=2**32 - 1, accepted="an integer in [0, 2**32)")
+        last_seed = self.train.seed + self.train_seeds - 1 + self.reevaluate_seeds  # re-evaluation follows
+        if last_seed > 2**32 - 1:
+            check.fail_reason("train_seeds", f"training seeds run from train.seed={self.train.seed} to {last_seed} "
+                              f"(train_seeds={self.train_seeds}, then reevaluate_seeds={self.reevaluate_seeds}), "
+                              f"past the largest seed 2**32 - 1; lower train.seed", value=self.train_seeds)
         check.choice("strategy", STRATEGIES)
         for name in ("seed_baselines", "baselines", "measure_latency"):
             check.bool(name)
         objectives = tuple(self.objectives) if isinstance(self.objectives, (list, tuple)) else None
+        if objectives:
+            for i, name in enumerate(objectives):
+                if not isinstance(name, str):
+                    check.fail(f"objectives[{i}]", f"an objective name (one of {objective_names()})", value=name)
         if not objectives or len(set(objectives)) != len(objectives):
             check.fail("objectives", "a non-empty list of distinct objective names")
         for i, name in enumerate(objectives):

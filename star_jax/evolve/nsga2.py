@@ -78,8 +78,13 @@ def check_options(check: Fields, pop_size: int) -> None:
     check.int("tournament_size", lo=1)
     if check.obj.n_offspring is not None:
         check.int("n_offspring", lo=1, accepted="an integer >= 1, or None (JSON null) for pop_size")
-    check.bool("merge_parents")
+    merge = check.bool("merge_parents")
     check.int("duplicate_retries", lo=0)
+    n_offspring = pop_size if check.obj.n_offspring is None else check.obj.n_offspring
+    if not merge and n_offspring + check.obj.elitism < pop_size:
+        check.fail_reason("n_offspring", f"with merge_parents false the next population is the {check.obj.elitism} "
+                          f"elites plus the offspring, so n_offspring + elitism must be >= pop_size={pop_size} "
+                          f"(else the population shrinks for good); got {n_offspring}", value=check.obj.n_offspring)
 
 
 def _as_matrix(objectives) -> np.ndarray:

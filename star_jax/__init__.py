@@ -23,7 +23,7 @@ __version__ = "0.1.0"
 
 from star_jax.genome import (
     Genome, GenomeError, Segment, OperatorGenome, FeaturizerGenome, FeatureGroup, LIVClass,
-    register_liv_class, liv_classes, get_liv_class, random_genome, mutate, crossover, baselines,
+    register_liv_class, unregister_liv_class, liv_classes, get_liv_class, random_genome, mutate, crossover, baselines,
 )
 
 # name -> (module, attribute or None for the module itself). `star_jax.train` and
@@ -46,7 +46,7 @@ _LAZY = {
 
 __all__ = [
     "Genome", "GenomeError", "Segment", "OperatorGenome", "FeaturizerGenome", "FeatureGroup", "LIVClass",
-    "register_liv_class", "liv_classes", "get_liv_class", "random_genome", "mutate", "crossover", "baselines",
+    "register_liv_class", "unregister_liv_class", "liv_classes", "get_liv_class", "random_genome", "mutate", "crossover", "baselines",
     *_LAZY,
 ]
 

@@ -422,3 +422,66 @@ def test_configs_that_could_only_fail_after_training_are_refused_before_the_run_
 
     result = evolve(tiny(objectives=("mad_error",), generations=0), tmp_path / "own", progress=False, evaluator=Mad())
     assert all(r["objectives"]["mad_error"] == 0.5 for r in result.archive.values())
+
+
+def test_a_user_size_objective_reading_the_genome_is_measured_and_never_the_quality(tmp_path):
+    from star_jax.evolve.config import ConfigFieldError
+    from star_jax.evolve.objectives import is_size_objective, register_objective
+    from star_jax.evolve.reevaluate import quality_objective
+    from star_jax.evolve.report import quality_key
+    from star_jax.genome import Genome
+
+    from star_jax.evolve import objectives
+
+    register_objective("n_attention", lambda r: sum(s.liv_class in (1, 2, 3, 4) for s in Genome.from_string(r["genome"])),
+                       needs=("genome",), description="attention LIVs", size=True, overwrite=True)
+    try:
+        assert is_size_objective("n_attention") and is_size_objective("params") and not is_size_objective("error")
+        config = tiny(objectives=("n_attention", "error"), generations=0)
+        assert quality_objective(config) == "error" and quality_key(config.objectives) == "error"
+        with pytest.raises(ConfigFieldError, match="no quality objective"):
+            tiny(objectives=("n_attention", "params"), reevaluate_seeds=2)
+        result = evolve(config, tmp_path / "run", progress=False, evaluator=CountingEvaluator())  # 'genome' is recorded
+        assert all(r["objectives"]["n_attention"] >= 0 for r in result.archive.values())
+    finally:
+        objectives._REGISTRY.pop("n_attention", None)
+
+
+def test_train_population_takes_train_config_overrides_as_train_does():
+    import star_jax as sj
+
+    task = sj.tasks.make("in_context_recall", vocab_size=8, seq_len=12, num_train=64, num_test=16)
+    cfg = sj.ModelConfig(width=16, vocab_size=8, max_len=12, head_dim=4)
+    got = sj.train_population(["9.1.1.1.1"], cfg, task, strategy="sequential", steps=3, batch_size=4, warmup_steps=1)
+    want = sj.train("9.1.1.1.1", cfg, task, steps=3, batch_size=4, warmup_steps=1, progress=False)
+    assert len(got.curves[0]["train_loss"]) == 3 and got.metrics[0] == want.metrics
+
+
+def test_a_run_records_its_liv_classes_and_refuses_a_process_that_defines_them_otherwise(tmp_path):
+    from star_jax.genome import register_liv_class, unregister_liv_class
+
+    run = tmp_path / "run"
+    register_liv_class("RunLinAttn", "1.2.1.1.3", class_id=950, replace=True)
+    try:
+        evolve(tiny(generations=1), run, progress=False, evaluator=CountingEvaluator())
+        assert json.loads((run / "classes.json").read_text())["950"]["name"] == "RunLinAttn"
+        evolve(tiny(generations=2), run, progress=False, evaluator=CountingEvaluator())  # same classes: extends
+        unregister_liv_class(950)
+        with pytest.raises(RunConfigMismatch, match=r"class 950 \(RunLinAttn \[1.2.1.1.3\]\) is not registered here"):
+            evolve(tiny(generations=3), run, progress=False, evaluator=CountingEvaluator())
+        register_liv_class("RunSWA", "1.2.2.2.3", class_id=950, replace=True)  # another class under its id
+        with pytest.raises(RunConfigMismatch, match=r"class 950: the run's is RunLinAttn .* this process's RunSWA"):
+            evolve(tiny(generations=3), run, progress=False, evaluator=CountingEvaluator())
+        register_liv_class("RunLinAttn", "1.2.1.1.3", class_id=950, replace=True)
+        register_liv_class("RunExtra", "1.2.2.2.3", class_id=951, replace=True)  # the search would draw it
+        with pytest.raises(RunConfigMismatch, match=r"class 951 .* registered here but not in the run"):
+            evolve(tiny(generations=3), run, progress=False, evaluator=CountingEvaluator())
+        unregister_liv_class(951)
+        assert evolve(tiny(generations=3), run, progress=False, evaluator=CountingEvaluator()).generations_done == 4
+    finally:
+        for cid in (950, 951):
+            unregister_liv_class(cid)
+    # a run directory from before the table adopts the classes registered now
+    (run / "classes.json").unlink()
+    evolve(tiny(generations=3), run, progress=False, evaluator=CountingEvaluator())
+    assert "950" not in json.loads((run / "classes.json").read_text())

@@ -8,7 +8,7 @@ from hypothesis import given, settings, strategies as st
 
 from star_jax.genome import (
     Genome, GenomeError, OperatorGenome, FeatureGroup, FeaturizerGenome, baselines, crossover, mutate,
-    random_genome, register_liv_class, unregister_liv_class, get_liv_class, class_ids, flat_operators,
+    random_genome, register_liv_class, unregister_liv_class, get_liv_class, class_ids, flat_operators, liv_classes,
 )
 
 N_CLASSES = len(class_ids())
@@ -284,3 +284,33 @@ def test_genomes_load_without_jax():
             "assert 'jax' in sys.modules\n")
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert res.returncode == 0, res.stderr[-2000:]
+
+
+def test_a_notebook_cell_registering_a_class_runs_again_with_replace():
+    import dataclasses
+    from star_jax.genome.classes import get_featurizer, get_liv_class, unregister_liv_class
+
+    base = get_featurizer(5)  # Rec-1's featurizer, redefined under a user id
+    def featurizer(kernel):
+        groups = tuple(dataclasses.replace(g, token_mixing=3, kernel_size=kernel, nonlinearity=4) if g.name == "x" else g
+                       for g in base.groups)
+        return FeaturizerGenome(940, base.kind, groups, base.differential)
+
+    first = register_liv_class("CellMamba", "940.4.1.1.1", featurizer(4))
+    try:
+        with pytest.raises(GenomeError, match="pass replace=True"):  # refused: nothing changes
+            register_liv_class("CellMamba", "940.4.1.1.1", featurizer(3))
+        assert get_featurizer(940).group("x").kernel_size == 4
+        again = register_liv_class("CellMamba", "940.4.1.1.1", featurizer(3), replace=True)
+        assert again.class_id == first.class_id and again.featurizer.group("x").kernel_size == 3
+        # a second class on the featurizer follows a redefinition of it
+        other = register_liv_class("CellMamba2", "940.4.1.1.1", replace=True)
+        register_liv_class("CellMamba", "940.4.1.1.1", featurizer(2), replace=True)
+        assert get_liv_class(other.class_id).featurizer.group("x").kernel_size == 2
+        with pytest.raises(GenomeError, match="paper class"):
+            register_liv_class("NotSA1", "1.1.1.1.1", class_id=1, replace=True)
+    finally:
+        for name in ("CellMamba", "CellMamba2"):
+            for c in list(liv_classes().values()):
+                if c.name == name:
+                    unregister_liv_class(c.class_id)

@@ -302,7 +302,8 @@ def check_objectives_measured(config: EvolveConfig) -> None:
     Raises:
         ConfigFieldError: naming the objective or constraint and the missing keys.
     """
-    keys = {"params", "cache_bytes", "loss", "accuracy", *DEFAULT_METRICS}
+    keys = {"hash", "genome", "short", "generation", "failure", "params", "cache_bytes", "loss", "accuracy",
+            *DEFAULT_METRICS}  # what ``_record`` writes for every candidate
     if config.needs_latency():
         keys.add("latency_ms")
     uses = [(f"objectives[{i}]", name) for i, name in enumerate(config.objectives)]

@@ -20,7 +20,8 @@ from star_jax.evolve.records import RUN_FORMAT, Candidate, EvalRecord, RunState 
 from star_jax.evolve.reevaluate import reevaluate
 from star_jax.evolve.report import print_front
 from star_jax.evolve.runstate import (BASELINES_FILE, EXTENSIONS_FILE, EvolveResult, Run,  # noqa: F401
-                                      adopt_reevaluate_seeds, complete_config, extend_run, load_run)
+                                      adopt_reevaluate_seeds, check_classes, complete_config, extend_run,
+                                      load_run)
 from star_jax.genome import Genome, flat_operators, random_genome
 from star_jax.io import MetricLogger, RunDir
 from star_jax.train.threads import check_workers, default_workers
@@ -124,7 +125,7 @@ def evolve(config: EvolveConfig, run_dir, *, progress: bool = True, evaluator: E
             complete_config(rd)
             adopt_reevaluate_seeds(rd, config)
             extend_run(rd, config)
-        rd.init(config.to_dict(), resume=resume)
+        check_classes(rd, rd.init(config.to_dict(), resume=resume))
         strategy = _make_strategy(config)
         run = Run.open(rd, config, lambda: strategy.init(config.seed, _initial_population(config)))
         total = config.generations + 1

@@ -13,7 +13,7 @@ from typing import Callable, Mapping, Sequence
 
 
 __all__ = [
-    "SIZE_OBJECTIVES",
+    "is_size_objective",
     "Objective",
     "Constraint",
     "register_objective",
@@ -22,11 +22,6 @@ __all__ = [
 ]
 
 Record = Mapping[str, object]
-
-SIZE_OBJECTIVES = ("params", "cache_bytes", "latency")
-"""Built-in objectives that measure a genome's size or speed rather than what it learned (a
-re-evaluation over training seeds compares the first objective not among them)."""
-
 
 @dataclasses.dataclass(frozen=True)
 class Objective:
@@ -37,12 +32,16 @@ class Objective:
         fn: ``fn(record) -> float``, smaller is better.
         needs: record keys the objective reads (named in the error when one is missing).
         description: one line for help texts and reports.
+        size: it measures the genome's size or speed, not what it learned, so it does not
+            depend on the training seed (re-evaluation and the report's quality plots use the
+            first objective that is not a size).
     """
 
     name: str
     fn: Callable[[Record], float]
     needs: tuple[str, ...] = ()
     description: str = ""
+    size: bool = False
 
     def __call__(self, record: Record) -> float:
         """Evaluates the objective on one record.
@@ -67,7 +66,7 @@ _REGISTRY: dict[str, Objective] = {}
 
 
 def register_objective(name: str, fn: Callable[[Record], float], *, needs: Sequence[str] = (),
-                       description: str = "", overwrite: bool = False) -> Objective:
+                       description: str = "", size: bool = False, overwrite: bool = False) -> Objective:
     """Adds an objective to the registry.
 
     Arguments:
@@ -75,6 +74,8 @@ def register_objective(name: str, fn: Callable[[Record], float], *, needs: Seque
         fn: ``fn(record) -> float`` to minimise (negate a score to maximise it).
         needs: record keys ``fn`` reads.
         description: one line saying what it measures.
+        size: True for a measure of the genome's size or speed (independent of training), e.g.
+            a count of attention layers; such an objective is never taken as the run's quality.
         overwrite: allow replacing an existing objective of the same name.
 
     Returns:
@@ -88,7 +89,7 @@ def register_objective(name: str, fn: Callable[[Record], float], *, needs: Seque
         raise ValueError(f"objective {name!r} is already registered; pass overwrite=True to replace it")
     if isinstance(needs, str):
         needs = (needs,)
-    obj = Objective(name=name, fn=fn, needs=tuple(needs), description=description)
+    obj = Objective(name=name, fn=fn, needs=tuple(needs), description=description, size=bool(size))
     _REGISTRY[name] = obj
     return obj
 
@@ -157,7 +158,12 @@ _BUILTINS = (
     ("latency", ("latency_ms",), lambda r: _get(r, "latency_ms"), "decode latency on the current device, ms"),
 )
 for _name, _needs, _fn, _desc in _BUILTINS:
-    register_objective(_name, _fn, needs=_needs, description=_desc)
+    register_objective(_name, _fn, needs=_needs, description=_desc, size=_name in ("params", "cache_bytes", "latency"))
+
+
+def is_size_objective(name: str) -> bool:
+    """Whether the registered objective ``name`` measures size or speed (``Objective.size``)."""
+    return get_objective(name).size
 
 
 @dataclasses.dataclass(frozen=True)

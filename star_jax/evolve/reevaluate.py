@@ -37,11 +37,11 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from star_jax.evolve.config import ConfigFieldError, EvolveConfig
-from star_jax.evolve.objectives import SIZE_OBJECTIVES
+from star_jax.evolve.objectives import is_size_objective
 from star_jax.evolve.display import fmt
 from star_jax.evolve.evaluation import baseline_genomes, evaluate_per_seed
 from star_jax.evolve.records import Candidate, EvalRecord, current_hash
-from star_jax.evolve.runstate import load_run
+from star_jax.evolve.runstate import check_classes, load_run
 from star_jax.genome import Genome
 from star_jax.io import RunDir
 from star_jax.io.jsonutil import append_jsonl, read_jsonl, repair_jsonl
@@ -209,7 +209,7 @@ def quality_objective(config: EvolveConfig) -> str:
         ConfigFieldError: every objective is a size (nothing a training seed changes).
     """
     for name in config.objectives:
-        if name not in SIZE_OBJECTIVES:
+        if not is_size_objective(name):
             return name
     raise ConfigFieldError(f"the run's objectives {list(config.objectives)} have no quality objective to "
                            f"re-evaluate over training seeds (sizes do not depend on the seed)")
@@ -253,6 +253,7 @@ def reevaluate(run_dir, seeds: int = 5, *, evaluator: Callable | None = None,
     task = config.make_task()
     evaluator = evaluator or loop.train_candidates
     with rd.lock():
+        check_classes(rd, resumed=True)  # the run's genomes must build the models they named
         repair_jsonl(path)  # a line cut short by a kill mid-append: cut off before appending after it
         done = {(current_hash(r.get("genome"), r["hash"]), r["seed"]): r
                 for r in (read_jsonl(path) if path.exists() else [])

@@ -10,7 +10,7 @@ import numpy as np
 
 from star_jax.evolve.display import fmt as _fmt
 from star_jax.evolve.hypervolume import normalize_hypervolume
-from star_jax.evolve.objectives import SIZE_OBJECTIVES, get_objective
+from star_jax.evolve.objectives import get_objective, is_size_objective
 from star_jax.evolve.records import EvalRecord
 from star_jax.evolve.reevaluate import compare_over_seeds, failures_note
 from star_jax.evolve.runstate import load_run
@@ -274,7 +274,7 @@ def _why_raw(result) -> str:
 def quality_key(objectives: Sequence[str]) -> str:
     """The objective the report plots against the sizes: the first that is not a size (the
     first objective when all are)."""
-    return next((k for k in objectives if k not in SIZE_OBJECTIVES), objectives[0])
+    return next((k for k in objectives if not is_size_objective(k)), objectives[0])
 
 
 def _point_text(objectives: Sequence[str], point: Sequence[float]) -> str:

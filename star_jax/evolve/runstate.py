@@ -44,7 +44,7 @@ from star_jax.evolve.config import EvolveConfig
 from star_jax.evolve.evaluation import (baseline_genomes, derive_reference, front_hypervolume,
                                         objective_matrix, pareto_front)
 from star_jax.evolve.records import RUN_FORMAT, Candidate, EvalRecord, RunState
-from star_jax.genome import Genome
+from star_jax.genome import Genome, class_table
 from star_jax.io import CheckpointError, RunConfigMismatch, RunDir, RunDirError
 from star_jax.io.atomic import atomic_write_text
 from star_jax.io.jsonutil import append_jsonl, read_jsonl, rewrite_jsonl, to_jsonable, write_json_atomic
@@ -53,6 +53,8 @@ from star_jax.io.rundir import config_diff
 __all__ = ["EvolveResult", "Run", "load_run", "extend_run", "complete_config", "RUN_FORMAT", "BASELINES_FILE", "EXTENSIONS_FILE"]
 
 BASELINES_FILE = "baselines.jsonl"
+CLASSES_FILE = "classes.json"
+"""The LIV classes registered when the run started (``star_jax.genome.class_table``)."""
 REPLAY_FILE = "replay.jsonl"
 """The records a rebuild replays, kept until the run directory is deleted (see the design notes)."""
 EXTENSIONS_FILE = "extensions.jsonl"
@@ -121,6 +123,48 @@ def _before(generation: int) -> Callable[[Any], bool]:
         g = r.get("generation") if hasattr(r, "get") else None
         return not (isinstance(g, int) and not isinstance(g, bool) and g >= generation)
     return keep
+
+
+def check_classes(rd, resumed: bool) -> None:
+    """Records the LIV classes a new run searches over (``classes.json``), or refuses to go on
+    with a run whose classes this process defines otherwise.
+
+    Genomes are stored as class ids and the search draws from every registered class, so a run
+    continued in a process that registers other user classes (or the same ones in another order,
+    so under other ids) would build other models for its recorded genomes, or breed other
+    offspring, without a word. A run directory written before the table existed adopts the
+    current one.
+
+    Raises:
+        RunConfigMismatch: the registered classes differ from the run's (the message names each
+            differing id and says what to register).
+    """
+    path = rd.path / CLASSES_FILE
+    current = json.loads(json.dumps(class_table()))  # as it reads back (tuples become lists)
+    if not resumed or not path.exists():
+        write_json_atomic(path, current)
+        return
+    try:
+        recorded = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise RunDirError(f"{path} is unreadable ({e}); it records the run's LIV classes: restore it, or "
+                          f"delete it to adopt the classes registered now") from None
+    if recorded == current:
+        return
+
+    def name(table, cid):
+        c = table[cid]
+        return f"{c['name']} [{c['operator']}]"
+
+    lines = [f"class {cid}: the run's is {name(recorded, cid)}, this process's {name(current, cid)}"
+             for cid in recorded if cid in current and recorded[cid] != current[cid]]
+    lines += [f"class {cid} ({name(recorded, cid)}) is not registered here" for cid in recorded if cid not in current]
+    lines += [f"class {cid} ({name(current, cid)}) is registered here but not in the run (the search would draw it)"
+              for cid in current if cid not in recorded]
+    raise RunConfigMismatch(f"run directory {rd.path} was made with other LIV classes than this process "
+                            f"registers ({path}):\n  " + "\n  ".join(lines)
+                            + "\nRegister the run's classes under the same ids, and no others, before "
+                              "continuing it; or pass another --run-dir.")
 
 
 @dataclasses.dataclass

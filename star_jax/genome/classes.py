@@ -277,6 +277,15 @@ def liv_classes() -> dict[int, LIVClass]:
     return dict(_REGISTRY)
 
 
+def class_table() -> dict[str, dict]:
+    """Every registered LIV class as JSON-able data, by id (as text): name, operator genome and
+    featurizer genome. A run directory records it (``classes.json``): genomes are stored as
+    class ids, and an id means what the registry says in the process that reads it."""
+    return {str(cid): {"name": c.name, "operator": c.operator.to_string(),
+                       "featurizer": dataclasses.asdict(c.featurizer)}
+            for cid, c in sorted(_REGISTRY.items())}
+
+
 def class_ids() -> tuple[int, ...]:
     """The sorted pool of valid LIV class ids."""
     return tuple(sorted(_REGISTRY))
@@ -305,12 +314,25 @@ def get_featurizer(featurizer_id: int) -> FeaturizerGenome:
 
 
 def register_featurizer(featurizer: FeaturizerGenome, *, replace: bool = False) -> FeaturizerGenome:
-    """Add a featurizer genome that operator genomes can point to by its id."""
-    old = _FEATURIZERS.get(featurizer.featurizer_id)
-    if old is not None and old != featurizer and not replace:
-        raise GenomeError("featurizer id already registered with a different definition",
-                          position="featurizer", value=featurizer.featurizer_id)
-    _FEATURIZERS[featurizer.featurizer_id] = featurizer
+    """Add a featurizer genome that operator genomes can point to by its id.
+
+    With ``replace``, an id already registered is redefined, and every registered LIV class
+    built on it is updated to the new definition (a paper class's featurizer cannot be
+    redefined)."""
+    fid = featurizer.featurizer_id
+    old = _FEATURIZERS.get(fid)
+    if old is not None and old != featurizer:
+        if not replace:
+            raise GenomeError("featurizer id already registered with a different definition",
+                              position="featurizer", value=fid)
+        if any(c.operator.featurizer == fid for c in PAPER_CLASSES.values()):
+            raise GenomeError("a paper class's featurizer cannot be redefined; register yours under another id",
+                              position="featurizer", value=fid)
+    _FEATURIZERS[fid] = featurizer
+    if old is not None and old != featurizer:  # classes built on it read the new definition
+        for cid, c in list(_REGISTRY.items()):
+            if c.operator.featurizer == fid:
+                _REGISTRY[cid] = dataclasses.replace(c, featurizer=featurizer)
     return featurizer
 
 
@@ -324,23 +346,37 @@ def register_liv_class(name: str, operator: OperatorGenome | str, featurizer: Fe
         featurizer) or "1.2.2.2.3" (sliding-window attention).
       featurizer: a new featurizer genome; omit to reuse the registered one the operator points to
         (LIVs of different classes that use the same featurizer can then share its weights).
-      class_id: the id to use; default: one past the largest registered id.
-      replace: allow redefining an existing id (for notebooks).
+      class_id: the id to use; default: with ``replace``, the id of the class of this name if
+        there is one, else one past the largest registered id.
+      replace: allow redefining an existing class (and its featurizer genome), e.g. when a
+        notebook cell runs again.
     Returns:
       The registered LIVClass.
+    Raises:
+      GenomeError: the name or id is taken (without ``replace``), or a paper class would change;
+        nothing is registered then.
     """
     if isinstance(operator, str):
         operator = OperatorGenome.from_string(operator)
+    same_name = [c.class_id for c in _REGISTRY.values() if c.name == name]
+    if class_id is not None:
+        cid = class_id
+    elif replace and same_name:
+        cid = same_name[0]
+    else:
+        cid = max(_REGISTRY) + 1
+    if same_name and same_name[0] != cid:
+        raise GenomeError(f"an LIV class with this name exists (id {same_name[0]}); pass replace=True to "
+                          f"redefine it", value=name)
+    if cid in _REGISTRY and not replace:
+        raise GenomeError("class id already registered; pass replace=True to redefine it", position="liv_class",
+                          value=cid)
+    if cid in PAPER_CLASSES:
+        raise GenomeError("paper classes cannot be redefined", position="liv_class", value=cid)
     if featurizer is None:
         featurizer = get_featurizer(operator.featurizer)
-    else:
+    else:  # only now: a refused call registers nothing
         register_featurizer(featurizer, replace=replace)
-    cid = class_id if class_id is not None else max(_REGISTRY) + 1
-    for c in _REGISTRY.values():
-        if c.name == name and c.class_id != cid:
-            raise GenomeError("an LIV class with this name exists", value=name)
-    if cid in _REGISTRY and not replace:
-        raise GenomeError("class id already registered", position="liv_class", value=cid)
     cls = LIVClass(cid, name, operator, featurizer, description)
     _REGISTRY[cid] = cls
     return cls

@@ -99,7 +99,7 @@ def train_population(genomes: Sequence[Genome | str], cfg: ModelConfig, task, tr
                      *, strategy: str = "static", mesh=None, memory_budget_bytes: int | None = None,
                      keep_params: bool = False, init_params: Sequence[Any] | None = None,
                      classes: Sequence[int] | None = None, pad_to: int | None = None,
-                     workers: int | None = None, progress: bool = False) -> PopulationResult:
+                     workers: int | None = None, progress: bool = False, **overrides) -> PopulationResult:
     """Train every genome of a population on ``task`` and evaluate it on the task's test set.
 
     Each candidate gets what ``star_jax.train(genome, cfg, task, train_cfg)`` would give it
@@ -141,6 +141,8 @@ def train_population(genomes: Sequence[Genome | str], cfg: ModelConfig, task, tr
         progress: show an overall bar on stderr: candidates done (``"sequential"``, with each
             candidate's own bar below it) or steps done by the whole population (``"static"``,
             ``"data"``; "compiling" until the first chunk of steps has run). Off by default.
+        **overrides: ``TrainConfig`` fields to change, as for ``star_jax.train`` (e.g.
+            ``steps=500, lr=1e-3``).
 
     Returns:
         A ``PopulationResult`` (per-candidate metrics, curves, optional params, compile count,
@@ -153,6 +155,7 @@ def train_population(genomes: Sequence[Genome | str], cfg: ModelConfig, task, tr
     train_cfg = train_cfg or TrainConfig()
     if not isinstance(train_cfg, TrainConfig):
         raise TypeError(f"train_cfg must be a TrainConfig, got {type(train_cfg).__name__}")
+    train_cfg = train_cfg.replace(**overrides) if overrides else train_cfg
     genomes = _genomes(genomes)
     if init_params is not None and len(init_params) != len(genomes):
         raise ValueError(f"init_params has {len(init_params)} entries for {len(genomes)} genomes")

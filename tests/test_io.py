@@ -408,6 +408,21 @@ def _lock_holder(path) -> subprocess.Popen:
     return holder
 
 
+def test_a_busy_run_directory_is_refused_before_the_task_is_built(tmp_path, monkeypatch):
+    # the holder is named at once: no data is built (and no JAX program runs) for a run that cannot start
+    from star_jax.evolve import EvolveConfig, evolve
+    from star_jax.io import RunDirBusy
+
+    holder = _lock_holder(tmp_path / "run")
+    try:
+        monkeypatch.setattr(EvolveConfig, "make_task", lambda self: pytest.fail("the task was built"))
+        with pytest.raises(RunDirBusy, match="in use by"):
+            evolve(EvolveConfig.quick(), tmp_path / "run", progress=False)
+    finally:
+        holder.kill()
+        holder.wait()
+
+
 def test_second_writer_is_refused_naming_the_holder(tmp_path):
     from star_jax.io import RunDirBusy
 

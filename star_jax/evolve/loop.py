@@ -11,7 +11,7 @@ import numpy as np
 
 from star_jax.compile_cache import enable_compilation_cache
 from star_jax.evolve.ask_tell import NSGA2
-from star_jax.evolve.config import EvolveConfig
+from star_jax.evolve.config import ConfigFieldError, EvolveConfig
 from star_jax.evolve.display import Display
 # names defined here before the loop was split stay importable from here
 from star_jax.evolve.evaluation import (Evaluator, baseline_genomes, check_objectives_measured, evaluate,  # noqa: F401
@@ -24,6 +24,7 @@ from star_jax.evolve.runstate import (BASELINES_FILE, EXTENSIONS_FILE, EvolveRes
                                       load_run)
 from star_jax.genome import Genome, flat_operators, random_genome
 from star_jax.io import MetricLogger, RunDir
+from star_jax.io.rundir import LOCK_FILE
 from star_jax.train.threads import check_workers, default_workers
 
 __all__ = ["EvolveResult", "evolve", "load_run", "train_candidates", "baseline_genomes", "pareto_front",
@@ -46,6 +47,15 @@ def _make_strategy(config: EvolveConfig) -> NSGA2:
     mutate, crossover, repair = flat_operators(config.n_liv)
     return NSGA2(pop_size=config.pop_size, n_objectives=len(config.objectives), **config.nsga2_options(),
                  mutate=mutate, crossover=crossover, repair=repair)
+
+
+def _remove_if_only_the_lock(path: pathlib.Path) -> None:
+    """Removes a run directory that holds nothing but its lock file (made by this call)."""
+    entries = list(path.iterdir()) if path.is_dir() else None
+    if entries is not None and all(e.name == LOCK_FILE and e.is_file() for e in entries):
+        for e in entries:
+            e.unlink()
+        path.rmdir()
 
 
 def evolve(config: EvolveConfig, run_dir, *, progress: bool = True, evaluator: Evaluator | None = None,
@@ -118,9 +128,15 @@ def evolve(config: EvolveConfig, run_dir, *, progress: bool = True, evaluator: E
     if evaluator is None or getattr(evaluator, "func", None) is train_candidates:
         check_objectives_measured(config)
     evaluator = evaluator or train_candidates
-    task = config.make_task()  # a bad task field is an error before the run directory is touched
     rd = RunDir(run_dir)
-    with rd.lock():  # one writer per run directory
+    new_dir = not rd.path.exists()
+    with rd.lock():  # one writer per run directory; taken before any data is built
+        try:
+            task = config.make_task()
+        except ConfigFieldError:  # a bad task field: nothing written, a directory made here goes again
+            if new_dir:
+                _remove_if_only_the_lock(rd.path)
+            raise
         if resume:
             complete_config(rd)
             adopt_reevaluate_seeds(rd, config)

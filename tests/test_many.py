@@ -138,6 +138,11 @@ def test_mad_score_is_the_same_with_any_number_of_workers(setting):
         1e-3, 0.1, alone.metrics["test_accuracy"], alone.metrics["test_loss"])
     with pytest.raises(ValueError, match="workers must be an integer >= 1"):
         sj.mad.score(GENOMES[2], cfg, workers=0, **kw)
+    # the grid and the budget are not overridable behind the results' back; a zero lr is named
+    with pytest.raises(ValueError, match=r"train_overrides may not set \['lr', 'steps'\]"):
+        sj.mad.score(GENOMES[2], cfg, train_overrides={"lr": 1e-3, "steps": 3}, **kw)
+    with pytest.raises(ValueError, match=r"lrs must be finite numbers > 0, got \[0.0\]"):
+        sj.mad.score(GENOMES[2], cfg, **{**kw, "lrs": (0.0,)})
 
 
 def test_several_training_seeds_train_in_one_call_with_the_per_seed_results(setting, monkeypatch):

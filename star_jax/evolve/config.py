@@ -11,7 +11,7 @@ from typing import Any, Mapping
 from star_jax import tasks
 from star_jax._util.validate import ConfigError, Fields, is_real, unknown_fields
 from star_jax.evolve.nsga2 import OPTION_DEFAULTS, check_options
-from star_jax.evolve.objectives import Constraint, get_objective, is_size_objective, objective_names
+from star_jax.evolve.objectives import Constraint, first_quality_objective, get_objective, objective_names
 from star_jax.genome import Genome, GenomeError
 from star_jax.model.config import ModelConfig
 from star_jax.train.config import TrainConfig
@@ -162,7 +162,7 @@ class EvolveConfig:
                 check.fail_reason(f"objectives[{i}]", e.args[0] if isinstance(e, KeyError) else str(e),
                                   value=name, accepted=f"one of {objective_names()}")
         object.__setattr__(self, "objectives", objectives)
-        if self.reevaluate_seeds and all(is_size_objective(name) for name in objectives):
+        if self.reevaluate_seeds and first_quality_objective(objectives) is None:
             check.fail_reason("reevaluate_seeds", f"the objectives {list(objectives)} have no quality objective to "
                               f"re-evaluate over training seeds (sizes do not depend on the seed); use 0, or add "
                               f"one such as 'error'", value=self.reevaluate_seeds)

@@ -23,8 +23,8 @@ from star_jax.train.many import train_many
 
 from star_jax.population import STRATEGIES, train_population
 
-__all__ = ["Evaluator", "train_candidates", "check_objectives_measured", "evaluate", "evaluate_per_seed", "record_failure", "baseline_genomes",
-           "batch_size", "objective_matrix", "pareto_front", "derive_reference", "front_hypervolume"]
+__all__ = ["Evaluator", "train_candidates", "check_objectives_measured", "evaluate", "evaluate_per_seed",
+           "record_failure", "baseline_genomes", "batch_size", "objective_matrix", "pareto_front", "derive_reference", "front_hypervolume"]
 
 Evaluator = Callable[..., list]
 """``evaluator(genomes, config, task, *, on_candidate=None) -> [metrics dict per genome]`` with the

@@ -14,6 +14,7 @@ from typing import Callable, Mapping, Sequence
 
 __all__ = [
     "is_size_objective",
+    "first_quality_objective",
     "Objective",
     "Constraint",
     "register_objective",
@@ -22,6 +23,7 @@ __all__ = [
 ]
 
 Record = Mapping[str, object]
+
 
 @dataclasses.dataclass(frozen=True)
 class Objective:
@@ -164,6 +166,11 @@ for _name, _needs, _fn, _desc in _BUILTINS:
 def is_size_objective(name: str) -> bool:
     """Whether the registered objective ``name`` measures size or speed (``Objective.size``)."""
     return get_objective(name).size
+
+
+def first_quality_objective(objectives: Sequence[str]) -> str | None:
+    """The first of ``objectives`` that is not a size (what training seeds change), or None."""
+    return next((name for name in objectives if not is_size_objective(name)), None)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -37,7 +37,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from star_jax.evolve.config import ConfigFieldError, EvolveConfig
-from star_jax.evolve.objectives import is_size_objective
+from star_jax.evolve.objectives import first_quality_objective
 from star_jax.evolve.display import fmt
 from star_jax.evolve.evaluation import baseline_genomes, evaluate_per_seed
 from star_jax.evolve.records import Candidate, EvalRecord, current_hash
@@ -208,9 +208,9 @@ def quality_objective(config: EvolveConfig) -> str:
     Raises:
         ConfigFieldError: every objective is a size (nothing a training seed changes).
     """
-    for name in config.objectives:
-        if not is_size_objective(name):
-            return name
+    name = first_quality_objective(config.objectives)
+    if name is not None:
+        return name
     raise ConfigFieldError(f"the run's objectives {list(config.objectives)} have no quality objective to "
                            f"re-evaluate over training seeds (sizes do not depend on the seed)")
 

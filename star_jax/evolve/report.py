@@ -10,7 +10,7 @@ import numpy as np
 
 from star_jax.evolve.display import fmt as _fmt
 from star_jax.evolve.hypervolume import normalize_hypervolume
-from star_jax.evolve.objectives import get_objective, is_size_objective
+from star_jax.evolve.objectives import first_quality_objective, get_objective
 from star_jax.evolve.records import EvalRecord
 from star_jax.evolve.reevaluate import compare_over_seeds, failures_note
 from star_jax.evolve.runstate import load_run
@@ -274,7 +274,7 @@ def _why_raw(result) -> str:
 def quality_key(objectives: Sequence[str]) -> str:
     """The objective the report plots against the sizes: the first that is not a size (the
     first objective when all are)."""
-    return next((k for k in objectives if not is_size_objective(k)), objectives[0])
+    return first_quality_objective(objectives) or objectives[0]
 
 
 def _point_text(objectives: Sequence[str], point: Sequence[float]) -> str:
@@ -418,9 +418,8 @@ def seed_noise_markdown(result) -> str:
     These are the seeds that selected the front, so an interval that excludes 0 is biased in the
     front's favour (a search keeps the luckiest of many noisy scores, so among equally good
     genomes the front's errors on these seeds are the low ones): the table says "resolved",
-    never "better", and points to ``star-jax reevaluate``,
-    whose fresh seeds give the verdicts. With one seed per genome nothing can be resolved, and
-    the text says how to re-evaluate.
+    never "better", and points to ``star-jax reevaluate``, whose fresh seeds give the verdicts.
+    With one seed per genome nothing can be resolved, and the text says how to re-evaluate.
     """
     def errors(r: EvalRecord):
         accs = r.seed_test_accuracy

@@ -47,7 +47,8 @@ from star_jax.evolve.records import RUN_FORMAT, Candidate, EvalRecord, RunState
 from star_jax.genome import Genome, class_table
 from star_jax.io import CheckpointError, RunConfigMismatch, RunDir, RunDirError
 from star_jax.io.atomic import atomic_write_text
-from star_jax.io.jsonutil import append_jsonl, read_jsonl, rewrite_jsonl, to_jsonable, write_json_atomic
+from star_jax.io.jsonutil import (append_jsonl, jsonl_line, read_jsonl, rewrite_jsonl, to_jsonable,
+                                  write_json_atomic)
 from star_jax.io.rundir import config_diff
 
 __all__ = ["EvolveResult", "Run", "load_run", "extend_run", "complete_config", "RUN_FORMAT", "BASELINES_FILE", "EXTENSIONS_FILE"]
@@ -154,7 +155,7 @@ def check_classes(rd, resumed: bool) -> None:
 
     def name(table, cid):
         c = table[cid]
-        return f"{c['name']} [{c['operator']}]"
+        return f"{c.get('name')} [{c.get('operator')}]" if isinstance(c, dict) else repr(c)
 
     lines = [f"class {cid}: the run's is {name(recorded, cid)}, this process's {name(current, cid)}"
              for cid in recorded if cid in current and recorded[cid] != current[cid]]
@@ -254,8 +255,7 @@ class Run:
                           f"the recorded objectives; nothing recorded is trained again)", RuntimeWarning,
                           stacklevel=3)
             # on disk before the record files are cleared below: a rebuild killed half-way loses nothing
-            atomic_write_text(pending, "".join(json.dumps(to_jsonable(r.to_json()), ensure_ascii=True) + "\n"
-                                               for r in replay.values()))
+            atomic_write_text(pending, "".join(jsonl_line(r.to_json()) for r in replay.values()))
             run = cls(rd, config, 0, fresh(), {}, [], [], [], None, replay)
         if run is None:
             run = cls(rd, config, 0, fresh(), {}, [], [], [], None)

@@ -130,6 +130,11 @@ def write_json_atomic(path: str | os.PathLike, obj: Any, *, indent: int | None =
     atomic_write_text(path, json.dumps(to_jsonable(obj), indent=indent) + "\n")
 
 
+def jsonl_line(record: Any) -> str:
+    """One JSONL line of ``record`` (converted with `to_jsonable`), newline included."""
+    return json.dumps(to_jsonable(record), ensure_ascii=True) + "\n"
+
+
 def append_jsonl(path: str | os.PathLike, record: Any) -> None:
     """Appends one JSON line to a file in a single write, then flushes and fsyncs it.
 
@@ -139,7 +144,7 @@ def append_jsonl(path: str | os.PathLike, record: Any) -> None:
     Returns:
       None.
     """
-    line = json.dumps(to_jsonable(record), ensure_ascii=True) + "\n"
+    line = jsonl_line(record)
     with open(path, "a", encoding="utf-8") as f:
         f.write(line)
         f.flush()

@@ -122,12 +122,12 @@ def _single(i: int, cls: LIVClass, names, why: str) -> None:
                           f"{tiled}, but {why}; use repeat 1")
 
 
-def _agree(i: int, cls: LIVClass, names, value: Callable, what: str, why: str):
+def _agree(i: int, cls: LIVClass, names, value: Callable, what: str, why: str, who: str = "its groups"):
     """The one ``value(group)`` the featurizer groups ``names`` (None: all) share, else a
     ConfigError naming each group's value (a builder must never drop a group's setting)."""
     got = {g.name: value(g) for g in cls.featurizer.groups if names is None or g.name in names}
     if len(set(got.values())) > 1:
-        raise ConfigError(f"{_liv_where(i, cls)}: {why}, so its groups need one {what}, but they ask for {got}")
+        raise ConfigError(f"{_liv_where(i, cls)}: {why}, so {who} need one {what}, but the groups ask for {got}")
     return next(iter(got.values()))
 
 
@@ -138,13 +138,9 @@ def _attention(i: int, cls: LIVClass, cfg: ModelConfig):
         n_heads, head_dim = cfg.width // cfg.head_dim, cfg.head_dim
     else:  # dense: one head spanning the width
         n_heads, head_dim = 1, cfg.width
-    kname = "k1" if fz.differential else "k"
-    repeat = fz.group(kname).repeat
     _single(i, cls, [g.name for g in fz.groups if g.name.startswith("q")], "queries are never shared across heads")
-    kv = {g.name: g.repeat for g in fz.groups if not g.name.startswith("q")}
-    if len(set(kv.values())) > 1:
-        raise ConfigError(f"{where}: K and V are tiled across the same heads, so they need one repeat, but "
-                          f"the groups ask for {kv}")
+    repeat = _agree(i, cls, [g.name for g in fz.groups if not g.name.startswith("q")], lambda g: g.repeat,
+                    "repeat", "K and V are tiled across the same heads", who="they")
     if n_heads % repeat:
         raise ConfigError(f"{where}: {n_heads} attention heads (width {cfg.width} / head_dim {head_dim}) are "
                           f"not divisible by the K/V repeat {repeat}; choose width/head_dim so that the head "
@@ -202,26 +198,19 @@ def _gated_conv(i: int, cls: LIVClass, cfg: ModelConfig):
     fz = cls.featurizer
     filt = fz.group("filter")
     # Short convolutions on the projections (Hyena's short filters): one kernel for all groups.
-    kernels = {g.name: (g.kernel_size if g.token_mixing == 3 else 0) for g in fz.groups if g.name != "filter"}
-    if len(set(kernels.values())) > 1:
-        raise ConfigError(f"{_liv_where(i, cls)}: the gated-convolution featurizer runs one short-conv kernel on "
-                          f"all of its projections, but its groups ask for {kernels}; give b, c and x the same "
-                          f"token_mixing and kernel_size")
-    expansions = {g.name: g.expansion for g in fz.groups if g.name != "filter"}
-    if len(set(expansions.values())) > 1:
-        raise ConfigError(f"{_liv_where(i, cls)}: the gated-convolution featurizer multiplies its projections "
-                          f"elementwise, so b, c and x need one expansion, but its groups ask for {expansions}")
-    e = next(iter(expansions.values()))
-    repeats = {g.name: g.repeat for g in fz.groups if g.name != "filter"}
-    if len(set(repeats.values())) > 1:
-        raise ConfigError(f"{_liv_where(i, cls)}: the gated-convolution featurizer multiplies its projections "
-                          f"elementwise, so b, c and x need one repeat, but its groups ask for {repeats}")
-    r = next(iter(repeats.values()))
+    projections = [g.name for g in fz.groups if g.name != "filter"]
+    short_conv = _agree(i, cls, projections, lambda g: g.kernel_size if g.token_mixing == 3 else 0,
+                        "short-conv kernel (the same token_mixing and kernel_size)",
+                        "the gated-convolution featurizer runs one short convolution on all of its projections",
+                        who="b, c and x")
+    why = "the gated-convolution featurizer multiplies its projections elementwise"
+    e = _agree(i, cls, projections, lambda g: g.expansion, "expansion", why, who="b, c and x")
+    r = _agree(i, cls, projections, lambda g: g.repeat, "repeat", why, who="b, c and x")
     if (e * cfg.width) % r:
         raise ConfigError(f"{_liv_where(i, cls)}: repeat {r} of b, c and x must divide their width "
                           f"expansion * width = {e} * {cfg.width}")
     _single(i, cls, ("filter",), "a filter is one per channel")
-    feat = GatedConvFeaturizer(width=cfg.width, short_conv=next(iter(kernels.values())), expansion=e, repeat=r,
+    feat = GatedConvFeaturizer(width=cfg.width, short_conv=short_conv, expansion=e, repeat=r,
                                differential=fz.differential)
     if filt.implicit:
         mix = LongConvMixer(width=cfg.width, max_len=cfg.max_len, filter_order=filt.expansion, expansion=e,
